@@ -1,0 +1,33 @@
+"""stmorph: what does cell morphology add to the transcripts?
+
+Namespaces (scanpy style, imported lazily so ``import stmorph`` stays fast):
+
+* :mod:`stmorph.io` - readers (Baysor/MERFISH, Xenium, generic tables, SpatialData) into :class:`SpatialSample`
+* :mod:`stmorph.datasets` - simulators: synthetic tissue with morphology, MUSE's multi-modal simulator
+* :mod:`stmorph.crops` - stain crops, transcript-spot planes and the PyTorch dataset
+* :mod:`stmorph.tl` - tools writing embeddings into AnnData/MuData (VAEs, MUSE, baselines)
+* :mod:`stmorph.features` - CellProfiler and pretrained-CNN features from stain crops
+* :mod:`stmorph.eval` - PERMANOVA/PERMDISP, classification, clustering, gene prediction
+* :mod:`stmorph.pl` - plots
+* :mod:`stmorph.pipeline` - the one-command study and its report
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import StmorphInputError
+from .sample import LABEL_KEY, SpatialSample, StainImage, read_sample
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {"io", "datasets", "crops", "tl", "features", "eval", "pl", "pipeline", "models"}
+
+__all__ = ["SpatialSample", "StainImage", "StmorphInputError", "read_sample", "LABEL_KEY", "__version__", *sorted(_SUBMODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'stmorph' has no attribute {name!r}")
