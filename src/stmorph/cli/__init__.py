@@ -36,6 +36,7 @@ def _root(
 # one entry per command module (stmorph/cli/_<name>.py with a register(app) function)
 _COMMAND_MODULES = [
     "_info",
+    "_run",
 ]
 
 for _mod in _COMMAND_MODULES:
