@@ -1,0 +1,64 @@
+"""``stmorph simulate``: write a synthetic tissue as a sample folder or a Baysor / Xenium layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_LAYOUTS = ("sample", "baysor", "xenium")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    def simulate(
+        out: Path = typer.Argument(..., help="Folder to write (must not exist unless --overwrite)."),
+        layout_out: str = typer.Option(
+            "sample", "--as", help="What to write: 'sample' (stmorph sample folder), 'baysor' or 'xenium' layout."
+        ),
+        n_cells: int = typer.Option(600, "--n-cells", help="Number of cells."),
+        n_types: int = typer.Option(6, "--n-types", help="Number of cell types."),
+        n_genes: int = typer.Option(60, "--n-genes", help="Number of genes."),
+        tissue_layout: str = typer.Option("layers", "--layout", help="Spatial layout: layers, patches or random."),
+        morphology_signal: float = typer.Option(
+            1.0, "--morphology-signal", help="Scale of the morphology differences between types (0 = none)."
+        ),
+        expression_signal: float = typer.Option(
+            1.0, "--expression-signal", help="Scale of the marker-gene fold changes (0 = identical expression)."
+        ),
+        morphology_only_types: int = typer.Option(
+            1, "--morphology-only-types", help="Type pairs that share expression and differ only in morphology."
+        ),
+        expression_only_types: int = typer.Option(
+            1, "--expression-only-types", help="Type pairs that share morphology and differ only in expression."
+        ),
+        z_planes: int = typer.Option(3, "--z-planes", help="Planes of the Baysor stain stacks."),
+        pixel_size: float = typer.Option(0.5, "--pixel-size", help="Micrometres per pixel."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (the same seed gives the same tissue)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    ) -> None:
+        """Simulate a tissue of cell types with expression, morphology, DAPI/membrane images and transcripts."""
+        from ..datasets._tissue import synthetic_tissue, write_baysor_layout, write_xenium_layout
+        from ..errors import StmorphInputError
+
+        if layout_out not in _LAYOUTS:
+            raise StmorphInputError(f"unknown output kind '{layout_out}'", column="--as", expected=f"one of {_LAYOUTS}")
+        if out.exists() and not overwrite:
+            raise StmorphInputError("the output folder exists; pass --overwrite", file=out, expected="a new folder")
+        sample = synthetic_tissue(
+            n_cells, n_types, n_genes, layout=tissue_layout, morphology_signal=morphology_signal,
+            expression_signal=expression_signal, morphology_only_types=morphology_only_types,
+            expression_only_types=expression_only_types, z_planes=z_planes, pixel_size=pixel_size,
+            random_state=seed,
+        )
+        if layout_out == "sample":
+            sample.write(out, overwrite=overwrite)
+        elif layout_out == "baysor":
+            write_baysor_layout(sample, out, overwrite=overwrite)
+        else:
+            write_xenium_layout(sample, out, overwrite=overwrite)
+        info = sample.adata.uns["synthetic_tissue"]
+        typer.echo(repr(sample))
+        typer.echo(f"  morphology-only pairs: {info['morphology_only_groups']}")
+        typer.echo(f"  expression-only pairs: {info['expression_only_groups']}")
+        typer.echo(f"wrote {layout_out} to {out}")
