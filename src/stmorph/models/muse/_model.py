@@ -1,0 +1,571 @@
+"""User-facing MUSE model: fit on arrays, embed, save and load (scvi-tools-style module/model/train split)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+
+from ..._cluster import phenograph_leiden
+from ..._utils import resolve_device, seed_torch
+from ...errors import StmorphInputError
+from ._module import MuseModule
+from ._train import PRESETS, MuseSchedule, encode_all, train_muse
+
+__all__ = ["MUSE", "muse_fit_predict", "initial_labels", "get_schedule"]
+
+
+def get_schedule(preset: str | MuseSchedule = "fast", **overrides: Any) -> MuseSchedule:
+    """Return a :class:`MuseSchedule` from a preset name (``"fast"`` or ``"reference"``) with overrides.
+
+    Parameters
+    ----------
+    preset
+        Preset name or a schedule.
+    **overrides
+        Fields to replace (``None`` values are ignored), e.g. ``n_epochs=100``. Explicit epoch counts switch
+        off the fast preset's scaling with the number of cells.
+
+    Returns
+    -------
+    The schedule.
+
+    Examples
+    --------
+    >>> get_schedule("reference", lr=1e-3).lr
+    0.001
+    """
+    if isinstance(preset, MuseSchedule):
+        base = preset
+    elif preset in PRESETS:
+        base = PRESETS[preset]
+    else:
+        raise StmorphInputError(f"unknown MUSE preset {preset!r}", expected=f"one of {sorted(PRESETS)}")
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if any(k.startswith("n_epochs") or k == "cluster_update_every" for k in kw):
+        kw.setdefault("reference_n_cells", None)  # epochs given explicitly: run them as given
+    return replace(base, **kw) if kw else base
+
+
+def initial_labels(
+    X: np.ndarray,
+    *,
+    n_pcs: int = 100,
+    k: int = 30,
+    resolution: float = 1.0,
+    method: Literal["leiden", "louvain"] = "leiden",
+    random_state: int = 0,
+) -> np.ndarray:
+    """MUSE's initial labels of one modality: PCA (up to ``n_pcs`` components) then PhenoGraph-style clustering.
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` features of one modality.
+    n_pcs
+        Number of principal components (capped at ``min(n - 1, p)``).
+    k, resolution, method
+        Passed to :func:`stmorph._cluster.phenograph_leiden`.
+    random_state
+        Seed of the PCA solver and the clustering.
+
+    Returns
+    -------
+    ``(n,)`` int labels.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(0, 1, (60, 8)), rng.normal(6, 1, (60, 8))])
+    >>> len(np.unique(initial_labels(X, k=30)))
+    2
+    """
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(X, dtype=np.float32)
+    n_comp = int(min(n_pcs, X.shape[0] - 1, X.shape[1]))
+    pcs = PCA(n_components=n_comp, random_state=random_state).fit_transform(X) if n_comp >= 1 else X
+    return phenograph_leiden(pcs, k=k, resolution=resolution, random_state=random_state, method=method)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Limit torch and BLAS/OpenMP threads (numpy, scikit-learn) to ``n`` inside the block (None: no change)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        with threadpool_limits(limits=int(n)):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _check_arrays(xs: Sequence[Any], zero_inflated: Sequence[bool], names: Sequence[str]) -> list[np.ndarray]:
+    import scipy.sparse as sp
+
+    out = []
+    n = None
+    for x, zi, name in zip(xs, zero_inflated, names):
+        if sp.issparse(x):
+            x = x.toarray()
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise StmorphInputError(
+                f"modality '{name}' has shape {x.shape}", expected="a 2-D (cells, features) matrix"
+            )
+        if n is None:
+            n = x.shape[0]
+        elif x.shape[0] != n:
+            raise StmorphInputError(
+                f"modality '{name}' has {x.shape[0]} cells, the first has {n}",
+                expected="the same cells in every modality",
+            )
+        if not np.all(np.isfinite(x)):
+            raise StmorphInputError(
+                f"modality '{name}' contains NaN or infinite values", expected="finite values"
+            )
+        if zi and (x < 0).any():
+            raise StmorphInputError(
+                f"modality '{name}' is treated as zero-inflated (transcripts) but has negative values; the "
+                "transcript loss uses only the non-zero entries, so zeros must mean 'not observed'",
+                expected="non-negative values (counts or log-normalised counts), or zero_inflated=False",
+            )
+        out.append(x)
+    if n is not None and n < 3:
+        raise StmorphInputError(f"only {n} cells", expected="at least 3 cells")
+    return out
+
+
+class MUSE:
+    """MUSE (Bao et al. 2022): a joint representation of two or more modalities guided by their own clusters.
+
+    Parameters
+    ----------
+    n_features
+        Features per modality (``>= 2`` modalities).
+    latent_dim
+        Dimension of the joint latent ``z`` (100 in the paper).
+    n_hidden
+        Hidden layer width (128).
+    zero_inflated
+        Per modality, whether to use the transcript (non-zero entries) reconstruction loss; default: only the
+        first modality.
+    lambda_regul
+        Weight of the selection-matrix penalty (5).
+    lambda_super
+        Weight of the triplet losses (5).
+    modality_names
+        Names used in messages and outputs.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``.
+    random_state
+        Seed of the initial weights, batches, PCA and clustering.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=200, n_features=(30, 30), latent_dim=5)
+    >>> xs = [md["rna"].X, md["morph"].X]
+    >>> m = MUSE([30, 30], latent_dim=10).fit(xs, n_epochs_warmup=2, n_epochs_triplet_init=2, n_epochs=2)
+    >>> m.transform(xs)[0].shape
+    (200, 10)
+    """
+
+    def __init__(
+        self,
+        n_features: Sequence[int],
+        latent_dim: int = 100,
+        n_hidden: int = 128,
+        *,
+        zero_inflated: Sequence[bool] | None = None,
+        lambda_regul: float = 5.0,
+        lambda_super: float = 5.0,
+        modality_names: Sequence[str] | None = None,
+        device: str | Any = "auto",
+        random_state: int = 0,
+    ) -> None:
+        n_features = [int(p) for p in n_features]
+        if len(n_features) < 2:
+            raise StmorphInputError(f"{len(n_features)} modality given", expected="at least 2 modalities")
+        self.n_features = n_features
+        self.latent_dim = int(latent_dim)
+        self.n_hidden = int(n_hidden)
+        self.zero_inflated = (
+            [True] + [False] * (len(n_features) - 1)
+            if zero_inflated is None
+            else [bool(v) for v in zero_inflated]
+        )
+        if len(self.zero_inflated) != len(n_features):
+            raise StmorphInputError(
+                f"zero_inflated has {len(self.zero_inflated)} entries",
+                expected=f"{len(n_features)} (one per modality)",
+            )
+        self.lambda_regul = float(lambda_regul)
+        self.lambda_super = float(lambda_super)
+        self.modality_names = (
+            list(modality_names)
+            if modality_names is not None
+            else [f"mod{i}" for i in range(len(n_features))]
+        )
+        self.device = resolve_device(device)
+        self.random_state = int(random_state)
+        seed_torch(self.random_state)
+        self.module = MuseModule(n_features, self.latent_dim, self.n_hidden).to(self.device)
+        self.is_fitted = False
+        self.train_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------------------
+    def _cluster_fn(self, k: int, resolution: float, method: str):
+        def fn(h: np.ndarray) -> np.ndarray:
+            return phenograph_leiden(
+                h, k=k, resolution=resolution, random_state=self.random_state, method=method
+            )
+
+        return fn
+
+    def fit(
+        self,
+        xs: Sequence[Any],
+        init_labels: Sequence[np.ndarray | None] | None = None,
+        *,
+        preset: str | MuseSchedule = "fast",
+        n_epochs_warmup: int | None = None,
+        n_epochs_triplet_init: int | None = None,
+        n_epochs: int | None = None,
+        cluster_update_every: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        k: int = 30,
+        resolution: float = 1.0,
+        cluster_method: Literal["leiden", "louvain"] = "leiden",
+        n_pcs: int = 100,
+        margin_max_cells: int = 4000,
+        n_threads: int | None = None,
+        show_progress: bool | None = None,
+    ) -> MUSE:
+        """Train on one ``(n, p_m)`` array per modality (rows = the same cells in every modality).
+
+        Parameters
+        ----------
+        xs
+            One array (dense or scipy sparse) per modality.
+        init_labels
+            Initial labels per modality (None entries, or None: PCA + PhenoGraph-style clustering).
+        preset
+            ``"fast"`` (default) or ``"reference"`` (the paper's 200 + 200 + 500 epochs); the epoch, learning
+            rate and batch arguments override single fields.
+        n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size
+            Schedule overrides (see :class:`~stmorph.models.muse.MuseSchedule`).
+        k, resolution, cluster_method
+            PhenoGraph-style clustering of the initial labels and of the re-clustering of ``h_m``.
+        n_pcs
+            Principal components for the initial labels.
+        margin_max_cells
+            Cells subsampled for the triplet-margin estimate.
+        n_threads
+            Torch CPU threads during training (None: leave torch's setting). On a busy machine 1 is fastest.
+        show_progress
+            Progress bar (None: follow ``STMORPH_PROGRESS``).
+
+        Returns
+        -------
+        ``self``.
+
+        Examples
+        --------
+        >>> MUSE([5, 5]).fit([np.random.rand(80, 5), np.random.rand(80, 5)], n_epochs_warmup=1,
+        ...                  n_epochs_triplet_init=1, n_epochs=1).is_fitted
+        True
+        """
+        import torch
+
+        if len(xs) != len(self.n_features):
+            raise StmorphInputError(
+                f"{len(xs)} arrays given", expected=f"{len(self.n_features)} (one per modality)"
+            )
+        arrays = _check_arrays(xs, self.zero_inflated, self.modality_names)
+        for x, p, name in zip(arrays, self.n_features, self.modality_names):
+            if x.shape[1] != p:
+                raise StmorphInputError(
+                    f"modality '{name}' has {x.shape[1]} features", expected=f"{p} as at construction"
+                )
+        schedule = get_schedule(
+            preset,
+            n_epochs_warmup=n_epochs_warmup,
+            n_epochs_triplet_init=n_epochs_triplet_init,
+            n_epochs=n_epochs,
+            cluster_update_every=cluster_update_every,
+            lr=lr,
+            batch_size=batch_size,
+        )
+        n = arrays[0].shape[0]
+        t0 = time.perf_counter()
+        with _torch_threads(n_threads):
+            labels0 = []
+            for m, x in enumerate(arrays):
+                given = None if init_labels is None else init_labels[m]
+                if self.lambda_super == 0:  # labels unused (plain autoencoder)
+                    labels0.append(np.zeros(n, dtype=np.int64))
+                elif given is None:
+                    labels0.append(
+                        initial_labels(
+                            x,
+                            n_pcs=n_pcs,
+                            k=k,
+                            resolution=resolution,
+                            method=cluster_method,
+                            random_state=self.random_state,
+                        )
+                    )
+                else:
+                    given = np.asarray(given)
+                    if given.shape != (n,):
+                        raise StmorphInputError(
+                            f"initial labels of modality '{self.modality_names[m]}' have shape {given.shape}",
+                            expected=f"({n},)",
+                        )
+                    labels0.append(np.unique(given, return_inverse=True)[1].astype(np.int64))
+            t1 = time.perf_counter()
+            xs_t = [torch.from_numpy(x).to(self.device) for x in arrays]
+            gen = seed_torch(self.random_state)
+            out = train_muse(
+                self.module,
+                xs_t,
+                labels0,
+                zero_inflated=self.zero_inflated,
+                schedule=schedule,
+                cluster_fn=self._cluster_fn(k, resolution, cluster_method),
+                lambda_regul=self.lambda_regul,
+                lambda_super=self.lambda_super,
+                margin_max_cells=margin_max_cells,
+                generator=gen,
+                random_state=self.random_state,
+                show_progress=show_progress,
+            )
+        t2 = time.perf_counter()
+        self.is_fitted = True
+        self.train_info = {
+            "schedule": out["schedule"].to_dict(),
+            "margin": out["margin"],
+            "n_label_updates": out["n_updates"],
+            "initial_labels": labels0,
+            "last_labels": out["labels"],
+            "history": out["history"],
+            "time_initial_labels_s": t1 - t0,
+            "time_training_s": t2 - t1,
+            "k": k,
+            "resolution": resolution,
+            "cluster_method": cluster_method,
+        }
+        return self
+
+    def transform(self, xs: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Joint latent ``z`` and per-modality hidden representations ``h_m`` of new or training cells.
+
+        Parameters
+        ----------
+        xs
+            One ``(n, p_m)`` array per modality.
+
+        Returns
+        -------
+        ``z`` ``(n, latent_dim)`` and a list of ``(n, n_hidden)`` arrays.
+
+        Examples
+        --------
+        >>> z, hs = MUSE([4, 6], latent_dim=3).transform([np.ones((5, 4)), np.ones((5, 6))])
+        >>> z.shape
+        (5, 3)
+        """
+        import torch
+
+        arrays = _check_arrays(xs, [False] * len(xs), self.modality_names)
+        return encode_all(self.module, [torch.from_numpy(x).to(self.device) for x in arrays])
+
+    def cluster(self, z: np.ndarray, **kw: Any) -> np.ndarray:
+        """PhenoGraph-style clusters of ``z`` with the settings used in :meth:`fit` (overridable).
+
+        Parameters
+        ----------
+        z
+            Latent representation.
+        **kw
+            Overrides of ``k``, ``resolution``, ``method``.
+
+        Returns
+        -------
+        Integer labels.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(0)
+        >>> z = np.r_[rng.normal(0, 0.1, (50, 5)), rng.normal(3, 0.1, (50, 5))]
+        >>> int(MUSE([2, 2]).cluster(z, k=20).max())
+        1
+        """
+        opts = {
+            "k": self.train_info.get("k", 30),
+            "resolution": self.train_info.get("resolution", 1.0),
+            "method": self.train_info.get("cluster_method", "leiden"),
+        }
+        opts.update(kw)
+        return phenograph_leiden(z, random_state=self.random_state, **opts)
+
+    # ------------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (enough to rebuild the network)."""
+        return {
+            "n_features": self.n_features,
+            "latent_dim": self.latent_dim,
+            "n_hidden": self.n_hidden,
+            "zero_inflated": self.zero_inflated,
+            "lambda_regul": self.lambda_regul,
+            "lambda_super": self.lambda_super,
+            "modality_names": self.modality_names,
+            "random_state": self.random_state,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save configuration, weights and training summary to one file (``torch.save``).
+
+        Parameters
+        ----------
+        path
+            Output file (written atomically).
+
+        Examples
+        --------
+        >>> MUSE([3, 3]).save("muse.pt")  # doctest: +SKIP
+        """
+        import torch
+
+        from ..._utils import atomic_path
+
+        info = {k: v for k, v in self.train_info.items() if k not in ("initial_labels", "last_labels")}
+        with atomic_path(path) as tmp:
+            torch.save(
+                {
+                    "config": self.config(),
+                    "state_dict": self.module.state_dict(),
+                    "is_fitted": self.is_fitted,
+                    "train_info": info,
+                },
+                tmp,
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | Any = "auto") -> MUSE:
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            File written by :meth:`save`.
+        device
+            Device to load onto.
+
+        Returns
+        -------
+        The model.
+
+        Examples
+        --------
+        >>> m = MUSE.load("muse.pt")  # doctest: +SKIP
+        """
+        import torch
+
+        if not os.path.exists(path):
+            raise StmorphInputError(
+                "MUSE model file not found", file=path, expected="a file written by MUSE.save"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
+            raise StmorphInputError(
+                "not a MUSE model file", file=path, expected="a file written by MUSE.save"
+            )
+        model = cls(**state["config"], device=device)
+        model.module.load_state_dict(state["state_dict"])
+        model.is_fitted = bool(state.get("is_fitted", True))
+        model.train_info = dict(state.get("train_info", {}))
+        return model
+
+
+def muse_fit_predict(
+    xs: Sequence[Any],
+    init_labels: Sequence[np.ndarray | None] | None = None,
+    *,
+    latent_dim: int = 100,
+    zero_inflated: Sequence[bool] | None = None,
+    lambda_regul: float = 5.0,
+    lambda_super: float = 5.0,
+    device: str | Any = "auto",
+    random_state: int = 0,
+    **fit_kwargs: Any,
+) -> dict[str, Any]:
+    """Array API: train MUSE on one array per modality and return the latent, hidden states and clusters.
+
+    Parameters
+    ----------
+    xs
+        One ``(n, p_m)`` array per modality (the first is the transcript modality by default).
+    init_labels
+        Optional initial labels per modality.
+    latent_dim, zero_inflated, lambda_regul, lambda_super, device, random_state
+        See :class:`MUSE`.
+    **fit_kwargs
+        Passed to :meth:`MUSE.fit` (``preset``, epochs, ``k``, ...).
+
+    Returns
+    -------
+    Dict with ``latent`` ``(n, latent_dim)``, ``hidden`` (list of ``(n, 128)``), ``clusters`` (PhenoGraph-style
+    labels of ``latent``), ``labels`` (the last per-modality labels), ``model`` and ``timings`` (seconds).
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=200, n_features=(30, 30), latent_dim=5)
+    >>> out = muse_fit_predict([md["rna"].X, md["morph"].X], latent_dim=10, n_epochs_warmup=2,
+    ...                        n_epochs_triplet_init=2, n_epochs=2)
+    >>> out["latent"].shape, out["clusters"].shape
+    ((200, 10), (200,))
+    """
+    model = MUSE(
+        [np.shape(x)[1] for x in xs],
+        latent_dim=latent_dim,
+        zero_inflated=zero_inflated,
+        lambda_regul=lambda_regul,
+        lambda_super=lambda_super,
+        device=device,
+        random_state=random_state,
+    )
+    model.fit(xs, init_labels, **fit_kwargs)
+    t0 = time.perf_counter()
+    z, hs = model.transform(xs)
+    clusters = model.cluster(z)
+    t_cl = time.perf_counter() - t0
+    info = model.train_info
+    timings = {
+        "initial_labels": info["time_initial_labels_s"],
+        "training": info["time_training_s"],
+        "final_clustering": t_cl,
+    }
+    timings["total"] = sum(timings.values())
+    return {
+        "latent": z,
+        "hidden": hs,
+        "clusters": clusters,
+        "labels": info["last_labels"],
+        "model": model,
+        "timings": timings,
+    }

@@ -1,0 +1,373 @@
+"""MUSE training: schedule presets, margin estimation and the training loop.
+
+The schedule of the reference implementation is
+
+1. autoencoder warm-up without the triplet loss (``n_epochs_warmup`` epochs);
+2. margin estimate from the warm-up latent: ``median(top 20% pairwise distances) - median(bottom 20%)``;
+3. triplet training with the initial (e.g. PCA + PhenoGraph) labels (``n_epochs_triplet_init`` epochs);
+4. re-clustering of every modality's hidden representation ``h_m``, then ``n_epochs`` main epochs,
+   re-clustering after every main epoch whose index is a multiple of ``cluster_update_every``.
+
+Batches are drawn without replacement from a fresh permutation each epoch and the last incomplete batch is
+dropped, as in the reference. All data stay as tensors on the device; batches are gathered by indexing (no
+DataLoader): at MUSE's tiny layer sizes the per-step Python overhead dominates the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..._utils import progress
+from ._module import MuseModule, batch_hard_triplet_losses, dense_reconstruction, zero_inflated_reconstruction
+
+__all__ = ["MuseSchedule", "PRESETS", "estimate_margin", "muse_loss", "train_muse", "encode_all"]
+
+
+@dataclass(frozen=True)
+class MuseSchedule:
+    """Training schedule of MUSE.
+
+    Parameters
+    ----------
+    n_epochs_warmup
+        Autoencoder epochs before the triplet loss is switched on.
+    n_epochs_triplet_init
+        Triplet epochs with the initial labels.
+    n_epochs
+        Main epochs with labels re-estimated from ``h_m``.
+    cluster_update_every
+        Re-cluster ``h_m`` after every main epoch whose index is a multiple of this.
+    lr
+        Adam learning rate.
+    batch_size
+        Cells per batch.
+
+    Examples
+    --------
+    >>> PRESETS["reference"].n_epochs
+    500
+    """
+
+    n_epochs_warmup: int
+    n_epochs_triplet_init: int
+    n_epochs: int
+    cluster_update_every: int
+    lr: float
+    batch_size: int
+    reference_n_cells: int | None = None
+
+    def to_dict(self) -> dict:
+        """Plain-dict view (for ``uns``)."""
+        return asdict(self)
+
+    def for_n_cells(self, n: int) -> MuseSchedule:
+        """The schedule actually run on ``n`` cells.
+
+        With ``reference_n_cells`` set (the ``"fast"`` preset), data sets larger than it get proportionally
+        fewer epochs (at least 2 per stage) so that the number of optimisation steps, not of passes over
+        the data, stays about constant; without it (``"reference"``) the epochs are used as given.
+
+        Examples
+        --------
+        >>> PRESETS["fast"].for_n_cells(100_000).n_epochs
+        2
+        >>> PRESETS["reference"].for_n_cells(100_000).n_epochs
+        500
+        """
+        if self.reference_n_cells is None or n <= self.reference_n_cells:
+            return self
+        f = self.reference_n_cells / float(n)
+
+        def sc(e: int) -> int:
+            return 0 if e == 0 else max(2, int(np.ceil(e * f)))
+
+        return MuseSchedule(
+            sc(self.n_epochs_warmup),
+            sc(self.n_epochs_triplet_init),
+            sc(self.n_epochs),
+            max(1, int(np.ceil(self.cluster_update_every * f))),
+            self.lr,
+            self.batch_size,
+            None,
+        )
+
+
+#: ``"reference"``: the paper's exact schedule (200 + 200 + 500 epochs, Adam 1e-4, batch 64).
+#: ``"fast"``: the default; same stages with fewer epochs and a larger step size, chosen by the
+#: simulation benchmark (benchmarks/bench_muse.py) to reach the reference's ARI with ~11x fewer steps;
+#: above 1000 cells its epochs shrink in proportion (:meth:`MuseSchedule.for_n_cells`).
+PRESETS: dict[str, MuseSchedule] = {
+    "reference": MuseSchedule(200, 200, 500, 200, 1e-4, 64),
+    "fast": MuseSchedule(10, 10, 30, 10, 1e-3, 64, reference_n_cells=1000),
+}
+
+
+def estimate_margin(
+    z: np.ndarray, *, max_cells: int = 4000, quantile: float = 0.2, random_state: int | np.random.Generator = 0
+) -> float:
+    """Triplet margin from the spread of the latent: ``median(top q) - median(bottom q)`` of pairwise distances.
+
+    Uses all cells when ``n <= max_cells`` (the reference's exact value) and a uniform subsample of
+    ``max_cells`` cells otherwise (the all-pairs distance is ``O(n^2)``).
+
+    Parameters
+    ----------
+    z
+        ``(n, d)`` latent representation.
+    max_cells
+        Subsample size above which distances are estimated.
+    quantile
+        Fraction of smallest / largest distances (0.2 in MUSE).
+    random_state
+        Seed of the subsample.
+
+    Returns
+    -------
+    The margin (float).
+
+    Examples
+    --------
+    >>> round(estimate_margin(np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])), 3)
+    8.0
+    """
+    from scipy.spatial.distance import pdist
+
+    from ..._utils import as_generator
+
+    z = np.asarray(z, dtype=np.float64)
+    if z.shape[0] > max_cells:
+        sel = as_generator(random_state).choice(z.shape[0], size=max_cells, replace=False)
+        z = z[sel]
+    d = np.sort(pdist(z, "euclidean"))
+    top = max(int(d.size * quantile), 1)
+    return float(np.median(d[-top:]) - np.median(d[:top]))
+
+
+def muse_loss(
+    module: MuseModule,
+    xs: Sequence[torch.Tensor],
+    zero_inflated: Sequence[bool],
+    labels: torch.Tensor | None,
+    margin: float,
+    lambda_regul: float,
+    lambda_super: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MUSE's total loss on one batch.
+
+    ``sum_m recon_m + lambda_regul * sum_m ||W_m||_F + lambda_super * sum_m triplet(z; labels_m)``; the
+    triplet terms are skipped when ``labels`` is None (warm-up).
+
+    Parameters
+    ----------
+    module
+        The network.
+    xs
+        One ``(batch, p_m)`` tensor per modality.
+    zero_inflated
+        Per modality: use the non-zero-entries reconstruction loss.
+    labels
+        ``(M, batch)`` labels, one row per modality, or None.
+    margin, lambda_regul, lambda_super
+        Triplet margin and loss weights.
+
+    Returns
+    -------
+    The total loss and a dict of its terms (detached).
+
+    Examples
+    --------
+    >>> net = MuseModule([3, 4], latent_dim=2)
+    >>> loss, terms = muse_loss(net, [torch.rand(5, 3), torch.rand(5, 4)], [True, False], None, 0.0, 5.0, 5.0)
+    >>> sorted(terms)
+    ['reconstruction', 'selection', 'triplet']
+    """
+    z, _, recons = module(list(xs))
+    rec = sum(
+        zero_inflated_reconstruction(x, xh) if zi else dense_reconstruction(x, xh)
+        for x, xh, zi in zip(xs, recons, zero_inflated)
+    )
+    sel = module.selection_penalty()
+    total = rec + lambda_regul * sel
+    if labels is not None and lambda_super != 0:
+        trip = batch_hard_triplet_losses(labels, z, margin).sum()
+        total = total + lambda_super * trip
+    else:
+        trip = torch.zeros((), device=z.device)
+    return total, {"reconstruction": rec.detach(), "selection": sel.detach(), "triplet": trip.detach()}
+
+
+@torch.no_grad()
+def encode_all(
+    module: MuseModule, xs: Sequence[torch.Tensor], *, chunk: int = 8192
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Encode all cells in chunks; return ``z`` and the per-modality ``h_m`` as float32 numpy arrays.
+
+    Parameters
+    ----------
+    module
+        A (trained) network.
+    xs
+        One ``(n, p_m)`` tensor per modality.
+    chunk
+        Cells per forward pass.
+
+    Returns
+    -------
+    ``z`` ``(n, latent_dim)`` and a list of ``(n, n_hidden)`` arrays.
+
+    Examples
+    --------
+    >>> z, hs = encode_all(MuseModule([3, 4], latent_dim=2), [torch.rand(5, 3), torch.rand(5, 4)])
+    >>> z.shape, hs[0].shape
+    ((5, 2), (5, 128))
+    """
+    was_training = module.training
+    module.eval()
+    zs, hss = [], [[] for _ in xs]
+    n = xs[0].shape[0]
+    for s in range(0, n, chunk):
+        z, hs = module.encode([x[s : s + chunk] for x in xs])
+        zs.append(z.float().cpu().numpy())
+        for m, h in enumerate(hs):
+            hss[m].append(h.float().cpu().numpy())
+    module.train(was_training)
+    return np.concatenate(zs), [np.concatenate(h) for h in hss]
+
+
+def train_muse(
+    module: MuseModule,
+    xs: Sequence[torch.Tensor],
+    init_labels: Sequence[np.ndarray],
+    *,
+    zero_inflated: Sequence[bool],
+    schedule: MuseSchedule,
+    cluster_fn: Callable[[np.ndarray], np.ndarray],
+    lambda_regul: float = 5.0,
+    lambda_super: float = 5.0,
+    margin_max_cells: int = 4000,
+    generator: torch.Generator | None = None,
+    random_state: int = 0,
+    show_progress: bool | None = None,
+) -> dict:
+    """Train a :class:`MuseModule` with MUSE's staged schedule (in place).
+
+    Parameters
+    ----------
+    module
+        The network (on the same device as ``xs``).
+    xs
+        One ``(n, p_m)`` float tensor per modality.
+    init_labels
+        Initial labels per modality (length ``n`` each).
+    zero_inflated
+        Per modality: non-zero-entries reconstruction (transcripts) or dense.
+    schedule
+        Epochs, learning rate and batch size.
+    cluster_fn
+        Maps a ``(n, d)`` representation to integer labels (used to re-cluster ``h_m``).
+    lambda_regul, lambda_super
+        Weights of the selection penalty and of the triplet losses.
+    margin_max_cells
+        Subsample size for the margin estimate.
+    generator
+        Torch generator for the batch permutations (seeded by ``random_state`` when None).
+    random_state
+        Seed for the generator and the margin subsample.
+    show_progress
+        Progress bar (None: follow ``STMORPH_PROGRESS``).
+
+    Returns
+    -------
+    Dict with ``margin``, ``labels`` (the last per-modality labels used), ``history`` (per-epoch mean loss
+    terms), ``n_updates`` (number of re-clusterings) and ``schedule`` (the schedule run, after
+    :meth:`MuseSchedule.for_n_cells`).
+
+    Examples
+    --------
+    >>> net = MuseModule([3, 4], latent_dim=2)
+    >>> xs = [torch.rand(70, 3), torch.rand(70, 4)]
+    >>> lab = [np.zeros(70, int), np.zeros(70, int)]
+    >>> out = train_muse(net, xs, lab, zero_inflated=[True, False], schedule=MuseSchedule(1, 1, 1, 1, 1e-3, 64),
+    ...                  cluster_fn=lambda h: np.zeros(len(h), int))
+    >>> sorted(out)
+    ['history', 'labels', 'margin', 'n_updates', 'schedule']
+    """
+    device = xs[0].device
+    n = int(xs[0].shape[0])
+    schedule = schedule.for_n_cells(n)
+    bs = int(min(schedule.batch_size, n))
+    n_batches = max(n // bs, 1)  # the reference drops the last incomplete batch
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(int(random_state))
+    opt_kw = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    try:
+        opt = torch.optim.Adam(module.parameters(), lr=schedule.lr, **opt_kw)
+    except (RuntimeError, TypeError):  # pragma: no cover - fused Adam unavailable on this build/device
+        opt = torch.optim.Adam(module.parameters(), lr=schedule.lr)
+    zi = [bool(v) for v in zero_inflated]
+    history: list[dict[str, float]] = []
+
+    def to_label_tensors(labels: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.as_tensor(np.stack([np.asarray(lab) for lab in labels]), dtype=torch.long, device=device)
+
+    def run_epoch(labels_t: torch.Tensor | None, margin: float, stage: str) -> None:
+        perm = torch.randperm(n, generator=generator)[: n_batches * bs].to(device).view(n_batches, bs)
+        acc = torch.zeros(3, device=device)
+        for b in range(n_batches):
+            idx = perm[b]
+            xb = [x.index_select(0, idx) for x in xs]
+            lb = None if labels_t is None else labels_t.index_select(1, idx)
+            loss, terms = muse_loss(module, xb, zi, lb, margin, lambda_regul, lambda_super)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            acc += torch.stack([terms["reconstruction"], terms["selection"], terms["triplet"]])
+        acc = (acc / n_batches).tolist()
+        history.append({"stage": stage, "reconstruction": acc[0], "selection": acc[1], "triplet": acc[2]})
+
+    def recluster() -> list[np.ndarray]:
+        _, hs = encode_all(module, xs)
+        return [np.asarray(cluster_fn(h)) for h in hs]
+
+    total = schedule.n_epochs_warmup + schedule.n_epochs_triplet_init + schedule.n_epochs
+    bar = progress(range(total), desc="MUSE", total=total, disable=None if show_progress is None else not show_progress)
+    it = iter(bar)
+    module.train()
+    for _ in range(schedule.n_epochs_warmup):
+        next(it)
+        run_epoch(None, 0.0, "warmup")
+    if lambda_super == 0:  # plain multi-view autoencoder: no margin, no labels, no re-clustering
+        for _ in range(schedule.n_epochs_triplet_init + schedule.n_epochs):
+            next(it)
+            run_epoch(None, 0.0, "autoencoder")
+        if hasattr(bar, "close"):
+            bar.close()
+        return {"margin": 0.0, "labels": [np.asarray(lab) for lab in init_labels], "history": history, "n_updates": 0,
+                "schedule": schedule}
+    z, _ = encode_all(module, xs)
+    margin = estimate_margin(z, max_cells=margin_max_cells, random_state=random_state)
+    labels = [np.asarray(lab) for lab in init_labels]
+    labels_t = to_label_tensors(labels)
+    for _ in range(schedule.n_epochs_triplet_init):
+        next(it)
+        run_epoch(labels_t, margin, "triplet_init")
+    labels = recluster()
+    labels_t = to_label_tensors(labels)
+    n_updates = 1
+    for epoch in range(schedule.n_epochs):
+        next(it)
+        run_epoch(labels_t, margin, "main")
+        if epoch % max(schedule.cluster_update_every, 1) == 0 and epoch < schedule.n_epochs - 1:
+            labels = recluster()
+            labels_t = to_label_tensors(labels)
+            n_updates += 1
+    for _ in it:  # pragma: no cover - exhaust the bar
+        pass
+    if hasattr(bar, "close"):
+        bar.close()
+    return {"margin": margin, "labels": labels, "history": history, "n_updates": n_updates, "schedule": schedule}

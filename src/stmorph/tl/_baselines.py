@@ -1,0 +1,489 @@
+"""Multi-modal integration baselines of the MUSE paper, with MuData in and ``obsm`` embeddings out.
+
+* :func:`pca_single` - PCA of one modality;
+* :func:`concat_pca` - concatenation after standard / min-max / quantile scaling of each modality, then PCA;
+* :func:`cca` - canonical correlation analysis of two modalities (whitened by PCA, SVD of the
+  cross-covariance; canonical variates of both modalities concatenated);
+* :func:`multiview_ae` - MUSE's network without the triplet loss (plain multi-view autoencoder);
+* :func:`mofa` - MOFA+ through muon / mofapy2 (optional extra ``stmorph[mofa]``).
+
+Array-level versions (``*_arrays``) take one ``(n, p_m)`` matrix per modality and return the embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import StmorphInputError
+
+__all__ = [
+    "pca_arrays",
+    "concat_pca_arrays",
+    "cca_arrays",
+    "pca_single",
+    "concat_pca",
+    "cca",
+    "multiview_ae",
+    "mofa",
+]
+
+
+def _dense(x: Any) -> np.ndarray:
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        x = x.toarray()
+    return np.asarray(x, dtype=np.float64)
+
+
+def pca_arrays(X: Any, n_comps: int = 100, *, random_state: int = 0) -> np.ndarray:
+    """PCA scores of ``X`` (``n_comps`` capped at ``min(n - 1, p)``).
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` matrix.
+    n_comps
+        Number of components.
+    random_state
+        Seed of the solver.
+
+    Returns
+    -------
+    ``(n, n_comps)`` float32 scores.
+
+    Examples
+    --------
+    >>> pca_arrays(np.random.default_rng(0).normal(size=(50, 4)), 2).shape
+    (50, 2)
+    """
+    from sklearn.decomposition import PCA
+
+    X = _dense(X)
+    n_comps = int(min(n_comps, X.shape[0] - 1, X.shape[1]))
+    return PCA(n_components=n_comps, random_state=random_state).fit_transform(X).astype(np.float32)
+
+
+def _scale(X: np.ndarray, scaling: str, random_state: int) -> np.ndarray:
+    from sklearn.preprocessing import MinMaxScaler, QuantileTransformer, StandardScaler
+
+    if scaling == "standard":
+        return StandardScaler().fit_transform(X)
+    if scaling == "minmax":
+        return MinMaxScaler().fit_transform(X)
+    if scaling == "quantile":
+        qt = QuantileTransformer(n_quantiles=min(1000, X.shape[0]), random_state=random_state)
+        return qt.fit_transform(X)
+    raise StmorphInputError(f"unknown scaling {scaling!r}", expected="'standard', 'minmax' or 'quantile'")
+
+
+def concat_pca_arrays(
+    xs: Sequence[Any],
+    scaling: Literal["standard", "minmax", "quantile"] = "standard",
+    n_comps: int = 100,
+    *,
+    random_state: int = 0,
+) -> np.ndarray:
+    """Scale each modality, concatenate the features and take the PCA.
+
+    Parameters
+    ----------
+    xs
+        One ``(n, p_m)`` matrix per modality.
+    scaling
+        ``"standard"`` (z-score), ``"minmax"`` ([0, 1]) or ``"quantile"`` (uniform quantiles) per feature.
+    n_comps
+        PCA components.
+    random_state
+        Seed.
+
+    Returns
+    -------
+    ``(n, n_comps)`` float32 embedding.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> concat_pca_arrays([rng.normal(size=(30, 3)), rng.normal(size=(30, 4))], "minmax", 5).shape
+    (30, 5)
+    """
+    mats = [_scale(_dense(x), scaling, random_state) for x in xs]
+    return pca_arrays(np.hstack(mats), n_comps, random_state=random_state)
+
+
+def cca_arrays(
+    x: Any, y: Any, n_comps: int = 20, *, n_pcs: int = 100, reg: float = 1e-6, random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical correlation analysis of two modalities.
+
+    Each modality is centred and reduced to at most ``n_pcs`` principal components (which also regularises
+    ``p > n`` problems), whitened, and the SVD of the whitened cross-covariance gives the canonical
+    directions. Exact CCA in closed form (no iterative NIPALS as in :class:`sklearn.cross_decomposition.CCA`).
+
+    Parameters
+    ----------
+    x, y
+        ``(n, p)`` and ``(n, q)`` matrices.
+    n_comps
+        Number of canonical pairs.
+    n_pcs
+        Principal components kept per modality before CCA.
+    reg
+        Ridge added to the whitening (relative to the largest variance).
+    random_state
+        Seed of the PCA solver.
+
+    Returns
+    -------
+    Canonical variates of ``x`` ``(n, c)``, of ``y`` ``(n, c)`` (unit variance) and the canonical
+    correlations ``(c,)`` in decreasing order.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> s = rng.normal(size=(200, 1))
+    >>> u, v, r = cca_arrays(s + 0.1 * rng.normal(size=(200, 3)), s + 0.1 * rng.normal(size=(200, 2)), 1)
+    >>> bool(r[0] > 0.9)
+    True
+    """
+
+    def whiten(a: np.ndarray) -> np.ndarray:
+        a = a - a.mean(0)
+        k = int(min(n_pcs, a.shape[0] - 1, a.shape[1]))
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        s = s[:k]
+        keep = s > s[0] * np.sqrt(reg) if s.size else s.astype(bool)
+        return u[:, :k][:, keep] * np.sqrt(a.shape[0] - 1)  # unit-variance, uncorrelated columns
+
+    del random_state  # exact SVD: nothing random
+    wx, wy = whiten(_dense(x)), whiten(_dense(y))
+    n = wx.shape[0]
+    c = (wx.T @ wy) / (n - 1)
+    a, rho, bt = np.linalg.svd(c, full_matrices=False)
+    k = int(min(n_comps, rho.size))
+    return (wx @ a[:, :k]).astype(np.float32), (wy @ bt.T[:, :k]).astype(np.float32), rho[:k]
+
+
+# -- MuData wrappers ----------------------------------------------------------------------------------------
+def _mods(mdata, modalities: Sequence[str] | None, *, min_n: int = 1) -> list[str]:
+    if not hasattr(mdata, "mod"):
+        raise StmorphInputError("expected a MuData", expected="a mudata.MuData")
+    mods = list(mdata.mod) if modalities is None else list(modalities)
+    missing = [m for m in mods if m not in mdata.mod]
+    if missing:
+        raise StmorphInputError(f"modalities {missing} not in the MuData", expected=f"names among {list(mdata.mod)}")
+    if len(mods) < min_n:
+        raise StmorphInputError(f"{len(mods)} modalities selected", expected=f"at least {min_n}")
+    ref = mdata.obs_names
+    for m in mods:
+        if not mdata.mod[m].obs_names.equals(ref):
+            raise StmorphInputError(
+                f"modality '{m}' does not have the MuData's cells in the same order",
+                expected="identical obs_names (use mu.pp.intersect_obs)",
+            )
+    return mods
+
+
+def _finish(mdata, copy: bool, key: str, emb: np.ndarray, params: dict) -> Any:
+    mdata.obsm[key] = emb
+    mdata.uns.setdefault("baselines", {})[key] = params
+    return mdata if copy else None
+
+
+def pca_single(
+    mdata, modality: str, n_comps: int = 100, *, random_state: int = 0, key_added: str | None = None, copy: bool = False
+):
+    """PCA of one modality of a MuData into ``mdata.obsm[key_added]`` (default ``X_pca_<modality>``).
+
+    Parameters
+    ----------
+    mdata
+        MuData.
+    modality
+        Modality name.
+    n_comps
+        Components.
+    random_state
+        Seed.
+    key_added
+        ``obsm`` key.
+    copy
+        Work on a copy and return it.
+
+    Returns
+    -------
+    None or the copy.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=60, n_features=(10, 10), latent_dim=4)
+    >>> pca_single(md, "rna", 5)
+    >>> md.obsm["X_pca_rna"].shape
+    (60, 5)
+    """
+    if copy:
+        mdata = mdata.copy()
+    (mod,) = _mods(mdata, [modality])
+    key = key_added or f"X_pca_{mod}"
+    emb = pca_arrays(mdata.mod[mod].X, n_comps, random_state=random_state)
+    return _finish(mdata, copy, key, emb, {"method": "pca", "modality": mod, "n_comps": int(emb.shape[1])})
+
+
+def concat_pca(
+    mdata,
+    modalities: Sequence[str] | None = None,
+    scaling: Literal["standard", "minmax", "quantile"] = "standard",
+    n_comps: int = 100,
+    *,
+    random_state: int = 0,
+    key_added: str | None = None,
+    copy: bool = False,
+):
+    """Concatenation of scaled modalities then PCA, into ``obsm[key_added]`` (default ``X_concat_<scaling>``).
+
+    Parameters
+    ----------
+    mdata
+        MuData.
+    modalities
+        Modalities (default all).
+    scaling
+        ``"standard"``, ``"minmax"`` or ``"quantile"``.
+    n_comps
+        PCA components.
+    random_state
+        Seed.
+    key_added
+        ``obsm`` key.
+    copy
+        Work on a copy and return it.
+
+    Returns
+    -------
+    None or the copy.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=60, n_features=(10, 10), latent_dim=4)
+    >>> concat_pca(md, scaling="quantile", n_comps=5)
+    >>> md.obsm["X_concat_quantile"].shape
+    (60, 5)
+    """
+    if copy:
+        mdata = mdata.copy()
+    mods = _mods(mdata, modalities, min_n=2)
+    key = key_added or f"X_concat_{scaling}"
+    emb = concat_pca_arrays([mdata.mod[m].X for m in mods], scaling, n_comps, random_state=random_state)
+    params = {"method": "concat_pca", "modalities": mods, "scaling": scaling, "n_comps": int(emb.shape[1])}
+    return _finish(mdata, copy, key, emb, params)
+
+
+def cca(
+    mdata,
+    modalities: Sequence[str] | None = None,
+    n_comps: int = 20,
+    *,
+    n_pcs: int = 100,
+    random_state: int = 0,
+    key_added: str = "X_cca",
+    copy: bool = False,
+):
+    """CCA of two modalities; the canonical variates of both are concatenated into ``obsm[key_added]``.
+
+    Parameters
+    ----------
+    mdata
+        MuData.
+    modalities
+        Exactly two modalities (default: the first two).
+    n_comps
+        Canonical pairs (the embedding has ``2 * n_comps`` columns).
+    n_pcs
+        Principal components per modality before CCA.
+    random_state
+        Seed.
+    key_added
+        ``obsm`` key; canonical correlations go to ``uns["baselines"][key_added]["correlations"]``.
+    copy
+        Work on a copy and return it.
+
+    Returns
+    -------
+    None or the copy.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=60, n_features=(10, 10), latent_dim=4)
+    >>> cca(md, n_comps=3)
+    >>> md.obsm["X_cca"].shape
+    (60, 6)
+    """
+    if copy:
+        mdata = mdata.copy()
+    mods = _mods(mdata, modalities, min_n=2)
+    if modalities is None:
+        mods = mods[:2]
+    if len(mods) != 2:
+        raise StmorphInputError(f"CCA got {len(mods)} modalities", expected="exactly 2")
+    u, v, rho = cca_arrays(mdata.mod[mods[0]].X, mdata.mod[mods[1]].X, n_comps, n_pcs=n_pcs, random_state=random_state)
+    params = {"method": "cca", "modalities": mods, "n_comps": int(u.shape[1]), "correlations": rho.tolist()}
+    return _finish(mdata, copy, key_added, np.hstack([u, v]), params)
+
+
+def multiview_ae(
+    mdata,
+    modalities: Sequence[str] | None = None,
+    *,
+    latent_dim: int = 100,
+    n_epochs: int = 80,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    zero_inflated: Sequence[bool] | None = None,
+    random_state: int = 0,
+    device: str = "auto",
+    n_threads: int | None = None,
+    key_added: str = "X_mvae",
+    copy: bool = False,
+):
+    """Plain multi-view autoencoder: MUSE's network and reconstruction/selection losses, no triplet loss.
+
+    Parameters
+    ----------
+    mdata
+        MuData.
+    modalities
+        Modalities (default all).
+    latent_dim
+        Joint latent dimension.
+    n_epochs
+        Training epochs (80: the total of the earlier 20/20/40 fast schedule, as benchmarked).
+    lr, batch_size
+        Adam learning rate and batch size.
+    zero_inflated
+        Per modality: transcript (non-zero entries) loss; default the first modality.
+    random_state
+        Seed.
+    device
+        Torch device.
+    n_threads
+        Torch CPU threads during training.
+    key_added
+        ``obsm`` key.
+    copy
+        Work on a copy and return it.
+
+    Returns
+    -------
+    None or the copy.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import simulate_multimodal
+    >>> md = simulate_multimodal(n_clusters=4, n_cells=80, n_features=(10, 10), latent_dim=4)
+    >>> multiview_ae(md, latent_dim=8, n_epochs=2)
+    >>> md.obsm["X_mvae"].shape
+    (80, 8)
+    """
+    from ..models.muse import MUSE
+
+    if copy:
+        mdata = mdata.copy()
+    mods = _mods(mdata, modalities, min_n=2)
+    xs = [mdata.mod[m].X for m in mods]
+    model = MUSE(
+        [x.shape[1] for x in xs],
+        latent_dim=latent_dim,
+        zero_inflated=zero_inflated,
+        lambda_super=0.0,
+        modality_names=mods,
+        device=device,
+        random_state=random_state,
+    )
+    model.fit(
+        xs,
+        n_epochs_warmup=n_epochs,
+        n_epochs_triplet_init=0,
+        n_epochs=0,
+        lr=lr,
+        batch_size=batch_size,
+        n_threads=n_threads,
+    )
+    z, _ = model.transform(xs)
+    params = {"method": "multiview_ae", "modalities": mods, "latent_dim": int(latent_dim), "n_epochs": int(n_epochs)}
+    return _finish(mdata, copy, key_added, z, params)
+
+
+def mofa(
+    mdata,
+    modalities: Sequence[str] | None = None,
+    n_factors: int = 10,
+    *,
+    random_state: int = 0,
+    key_added: str = "X_mofa",
+    copy: bool = False,
+    **kwargs: Any,
+):
+    """MOFA+ factors (through :func:`muon.tl.mofa`, needs ``mofapy2``: ``pip install 'stmorph[mofa]'``).
+
+    Parameters
+    ----------
+    mdata
+        MuData.
+    modalities
+        Modalities (default all).
+    n_factors
+        Number of factors.
+    random_state
+        Seed of MOFA+.
+    key_added
+        ``obsm`` key.
+    copy
+        Work on a copy and return it.
+    **kwargs
+        Passed to :func:`muon.tl.mofa`.
+
+    Returns
+    -------
+    None or the copy.
+
+    Examples
+    --------
+    >>> mofa(mdata, n_factors=5)  # doctest: +SKIP
+    """
+    try:
+        import mofapy2  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "stmorph.tl.mofa needs the optional package mofapy2: pip install 'stmorph[mofa]' (or pip install mofapy2)"
+        ) from exc
+    import os
+    import tempfile
+
+    import mudata as md
+    import muon as mu
+
+    if copy:
+        mdata = mdata.copy()
+    mods = _mods(mdata, modalities, min_n=2)
+    sub = md.MuData({m: mdata.mod[m].copy() for m in mods})
+    with tempfile.TemporaryDirectory() as tmp:
+        mu.tl.mofa(
+            sub,
+            n_factors=n_factors,
+            use_var=None,
+            seed=int(random_state),
+            outfile=os.path.join(tmp, "mofa.hdf5"),
+            save_data=False,
+            verbose=False,
+            quiet=True,
+            **kwargs,
+        )
+    emb = np.asarray(sub.obsm["X_mofa"], dtype=np.float32)
+    params = {"method": "mofa", "modalities": mods, "n_factors": int(emb.shape[1])}
+    return _finish(mdata, copy, key_added, emb, params)

@@ -1,0 +1,291 @@
+"""Tests of MUSE: simulator, loss terms against hand computations, training, AnnData/MuData API, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist, pdist
+from sklearn.metrics import adjusted_rand_score
+
+from stmorph import StmorphInputError
+from stmorph.datasets import simulate_multimodal
+from stmorph.models.muse import (
+    MUSE,
+    PRESETS,
+    MuseModule,
+    batch_hard_triplet_loss,
+    batch_hard_triplet_losses,
+    dense_reconstruction,
+    estimate_margin,
+    get_schedule,
+    muse_fit_predict,
+    muse_loss,
+    pairwise_distances,
+    zero_inflated_reconstruction,
+)
+
+TINY = dict(n_epochs_warmup=3, n_epochs_triplet_init=3, n_epochs=3, cluster_update_every=2, n_threads=1, k=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_mdata():
+    return simulate_multimodal(n_clusters=4, n_cells=150, n_features=(30, 40), latent_dim=8, random_state=0)
+
+
+# -- simulator -----------------------------------------------------------------------------------------------
+def test_simulator_shapes_and_reproducibility():
+    a = simulate_multimodal(n_clusters=6, n_cells=300, n_features=(40, 50), random_state=3)
+    b = simulate_multimodal(n_clusters=6, n_cells=300, n_features=(40, 50), random_state=3)
+    c = simulate_multimodal(n_clusters=6, n_cells=300, n_features=(40, 50), random_state=4)
+    assert a["rna"].shape == (300, 40) and a["morph"].shape == (300, 50)
+    assert np.array_equal(a["rna"].X, b["rna"].X) and np.array_equal(a["morph"].X, b["morph"].X)
+    assert not np.array_equal(a["rna"].X, c["rna"].X)
+    assert a.obs["true_cluster"].dtype.name == "category"
+    assert set(a.obs["true_cluster"].astype(int)) == set(range(6))
+    # transcripts: non-negative; morphology in (0, 1) before dropout, uniform dropout at rate decay=0.1
+    assert a["rna"].X.min() >= 0
+    full = a["morph"].layers["full"]
+    assert full.min() > 0 and full.max() < 1
+    assert abs((a["morph"].X == 0).mean() - 0.1) < 0.01
+
+
+def test_simulator_merging_structure():
+    md = simulate_multimodal(n_clusters=10, n_cells=2000, n_features=(20, 20), merge_prob=1.0, random_state=0)
+    true = md.obs["true_cluster"].astype(int).to_numpy()
+    la = md["rna"].obs["sim_label"].astype(int).to_numpy()
+    lb = md["morph"].obs["sim_label"].astype(int).to_numpy()
+    # merge_prob=1: modality a merges all of clusters 0-4 into one, keeps 5-9; modality b the reverse
+    assert len(np.unique(la)) == 6 and len(np.unique(lb)) == 6
+    assert len(np.unique(la[true < 5])) == 1 and len(np.unique(lb[true >= 5])) == 1
+    # jointly, the two label sets identify every true cluster
+    joint = la * 100 + lb
+    assert adjusted_rand_score(true, joint) == pytest.approx(1.0)
+    none = simulate_multimodal(n_clusters=10, n_cells=500, n_features=(20, 20), merge_prob=0.0, random_state=0)
+    assert np.array_equal(none["rna"].obs["sim_label"].astype(int), none.obs["true_cluster"].astype(int))
+
+
+def test_simulator_dropout_depends_on_expression():
+    md = simulate_multimodal(n_clusters=4, n_cells=400, n_features=(100, 20), decay=(0.5, 0.1), random_state=1)
+    full = md["rna"].layers["full"]
+    dropped = (md["rna"].X == 0) & (full > 0)
+    high = full > np.quantile(full[full > 0], 0.9)
+    low = (full > 0) & (full < np.quantile(full[full > 0], 0.1))
+    assert dropped[low].mean() > dropped[high].mean() + 0.3
+
+
+def test_simulator_three_modalities_and_errors():
+    md = simulate_multimodal(n_clusters=6, n_cells=120, n_features=(10, 12, 14), random_state=0)
+    assert list(md.mod) == ["rna", "morph", "morph2"]
+    assert md["morph2"].shape == (120, 14)
+    with pytest.raises(StmorphInputError, match="n_features"):
+        simulate_multimodal(n_features=(10, 12), n_modalities=3)
+    with pytest.raises(StmorphInputError, match="merge_prob"):
+        simulate_multimodal(merge_prob=1.5)
+
+
+# -- loss terms ----------------------------------------------------------------------------------------------
+def test_reconstruction_losses_by_hand():
+    x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])
+    xh = torch.tensor([[2.0, 5.0, 0.0], [1.0, 1.0, 4.0]])
+    # non-zero entries: errors 1, -2, -2 -> norm 3, three entries
+    assert zero_inflated_reconstruction(x, xh).item() == pytest.approx(3.0 / 3.0)
+    assert dense_reconstruction(x, xh).item() == pytest.approx(np.sqrt(1 + 25 + 4 + 1 + 4 + 16))
+
+
+def test_pairwise_distances_match_scipy_and_have_finite_gradients():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 5))
+    z[3] = z[7]  # a duplicate: zero distance
+    zt = torch.tensor(z, requires_grad=True)
+    d = pairwise_distances(zt)
+    np.testing.assert_allclose(d.detach().numpy(), cdist(z, z), atol=1e-6)
+    d.sum().backward()
+    assert torch.isfinite(zt.grad).all()
+
+
+def _triplet_bruteforce(labels, z, margin):
+    d = cdist(z, z)
+    out = []
+    for i in range(len(labels)):
+        pos = [d[i, j] for j in range(len(labels)) if labels[j] == labels[i] and j != i]
+        neg = [d[i, j] for j in range(len(labels)) if labels[j] != labels[i]]
+        hp = max(pos) if pos else 0.0
+        hn = min(neg) if neg else d[i].max()  # reference: no negative -> row maximum (+ own distance 0)
+        out.append(max(hp - hn + margin, 0.0))
+    return float(np.mean(out))
+
+
+def test_batch_hard_triplet_matches_bruteforce():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(30, 4))
+    labels = rng.integers(0, 4, size=30)
+    labels[0] = 9  # a singleton: no positive
+    for margin in (0.0, 0.5, 3.0):
+        got = batch_hard_triplet_loss(torch.tensor(labels), torch.tensor(z), margin).item()
+        assert got == pytest.approx(_triplet_bruteforce(labels, z, margin), rel=1e-6, abs=1e-9)
+    two = batch_hard_triplet_losses(torch.tensor(np.stack([labels, labels % 2])), torch.tensor(z), 1.0)
+    assert two[1].item() == pytest.approx(_triplet_bruteforce(labels % 2, z, 1.0), rel=1e-6)
+    # a batch with a single label has no negatives: hardest negative = row maximum
+    one = np.zeros(30, dtype=int)
+    assert batch_hard_triplet_loss(torch.tensor(one), torch.tensor(z), 1.0).item() == pytest.approx(
+        _triplet_bruteforce(one, z, 1.0)
+    )
+
+
+def test_margin_estimate():
+    z = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
+    # distances sorted: 1 2 3 3 4 5 6 7 9 10 -> top 20% (2): median 9.5; bottom 20%: median 1.5
+    assert estimate_margin(z) == pytest.approx(8.0)
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(3000, 10))
+    d = np.sort(pdist(big))
+    top = int(d.size * 0.2)
+    exact = np.median(d[-top:]) - np.median(d[:top])
+    assert estimate_margin(big) == pytest.approx(exact)
+    assert estimate_margin(big, max_cells=800) == pytest.approx(exact, rel=0.03)
+
+
+def test_module_shapes_and_total_loss():
+    torch.manual_seed(0)
+    net = MuseModule([7, 9, 5], latent_dim=6, n_hidden=16)
+    xs = [torch.rand(10, 7), torch.rand(10, 9), torch.rand(10, 5)]
+    z, hs, recons = net(xs)
+    assert z.shape == (10, 6) and [h.shape for h in hs] == [(10, 16)] * 3
+    assert [r.shape for r in recons] == [(10, 7), (10, 9), (10, 5)]
+    sel = sum(np.linalg.norm(w.detach().numpy()) for w in net.selection)
+    assert net.selection_penalty().item() == pytest.approx(sel, rel=1e-5)
+    labels = torch.tensor(np.random.default_rng(0).integers(0, 3, size=(3, 10)))
+    total, terms = muse_loss(net, xs, [True, False, False], labels, 0.7, 5.0, 2.0)
+    rec = zero_inflated_reconstruction(xs[0], recons[0]) + dense_reconstruction(xs[1], recons[1])
+    rec = rec + dense_reconstruction(xs[2], recons[2])
+    trip = sum(batch_hard_triplet_loss(lab, z, 0.7) for lab in labels)
+    assert total.item() == pytest.approx((rec + 5.0 * sel + 2.0 * trip).item(), rel=1e-5)
+    assert terms["triplet"].item() == pytest.approx(trip.item(), rel=1e-5)
+
+
+def test_presets():
+    ref = PRESETS["reference"]
+    assert (ref.n_epochs_warmup, ref.n_epochs_triplet_init, ref.n_epochs, ref.cluster_update_every) == (200, 200, 500, 200)
+    assert ref.lr == 1e-4 and ref.batch_size == 64
+    assert get_schedule("fast", n_epochs=7).n_epochs == 7
+    # the fast preset keeps the number of steps about constant above 1000 cells; explicit epochs are kept
+    fast = PRESETS["fast"]
+    assert fast.for_n_cells(500) == fast
+    big = fast.for_n_cells(10_000)
+    assert (big.n_epochs_warmup, big.n_epochs_triplet_init, big.n_epochs) == (2, 2, 3)
+    assert get_schedule("fast", n_epochs=7).for_n_cells(10_000).n_epochs == 7
+    assert ref.for_n_cells(10_000) == ref
+    with pytest.raises(StmorphInputError, match="preset"):
+        get_schedule("slow")
+
+
+# -- training ------------------------------------------------------------------------------------------------
+def test_fit_is_deterministic_and_learns(tiny_mdata):
+    xs = [tiny_mdata["rna"].X, tiny_mdata["morph"].X]
+    a = muse_fit_predict(xs, latent_dim=10, random_state=1, **TINY)
+    b = muse_fit_predict(xs, latent_dim=10, random_state=1, **TINY)
+    np.testing.assert_array_equal(a["latent"], b["latent"])
+    np.testing.assert_array_equal(a["clusters"], b["clusters"])
+    hist = a["model"].train_info["history"]
+    assert len(hist) == 9 and [h["stage"] for h in hist][:3] == ["warmup"] * 3
+    assert hist[2]["reconstruction"] < hist[0]["reconstruction"]
+    assert hist[0]["triplet"] == 0 and hist[3]["triplet"] > 0
+    assert a["model"].train_info["margin"] > 0
+    assert a["model"].train_info["n_label_updates"] == 2  # after the triplet stage and after main epoch 0
+    c = muse_fit_predict(xs, latent_dim=10, random_state=2, **TINY)
+    assert not np.array_equal(a["latent"], c["latent"])
+
+
+@pytest.mark.slow
+def test_recovers_simulated_clusters():
+    """Small MUSE simulation (4 clusters, 500 cells): MUSE finds the clusters better than the transcripts alone."""
+    md = simulate_multimodal(n_clusters=4, n_cells=500, n_features=(300, 300), random_state=0)
+    truth = md.obs["true_cluster"].to_numpy()
+    out = muse_fit_predict([md["rna"].X, md["morph"].X], n_threads=1)
+    ari = adjusted_rand_score(truth, out["clusters"])
+    rna_alone = adjusted_rand_score(truth, out["model"].train_info["initial_labels"][0])
+    assert ari > 0.65, ari
+    assert ari > rna_alone + 0.05, (ari, rna_alone)
+
+
+def test_user_labels_and_validation(tiny_mdata):
+    xs = [tiny_mdata["rna"].X, tiny_mdata["morph"].X]
+    given = [tiny_mdata["rna"].obs["sim_label"].to_numpy(), None]
+    out = muse_fit_predict(xs, given, latent_dim=6, **TINY)
+    lab0 = out["model"].train_info["initial_labels"][0]
+    assert adjusted_rand_score(given[0], lab0) == pytest.approx(1.0)
+    neg = [xs[0] - 1.0, xs[1]]
+    with pytest.raises(StmorphInputError, match="negative"):
+        muse_fit_predict(neg, latent_dim=6, **TINY)
+    # negative values are fine when no modality is zero-inflated
+    muse_fit_predict(neg, latent_dim=6, zero_inflated=[False, False], **TINY)
+    with pytest.raises(StmorphInputError, match="cells"):
+        muse_fit_predict([xs[0], xs[1][:-1]], latent_dim=6, **TINY)
+    with pytest.raises(StmorphInputError, match="NaN"):
+        bad = xs[1].copy()
+        bad[0, 0] = np.nan
+        muse_fit_predict([xs[0], bad], latent_dim=6, **TINY)
+    with pytest.raises(StmorphInputError, match="shape"):
+        muse_fit_predict(xs, [np.zeros(3), None], latent_dim=6, **TINY)
+
+
+def test_save_load_roundtrip(tmp_path, tiny_mdata):
+    xs = [tiny_mdata["rna"].X, tiny_mdata["morph"].X]
+    model = MUSE([30, 40], latent_dim=5, random_state=0).fit(xs, **TINY)
+    model.save(tmp_path / "m.pt")
+    again = MUSE.load(tmp_path / "m.pt", device="cpu")
+    np.testing.assert_allclose(model.transform(xs)[0], again.transform(xs)[0], rtol=1e-6)
+    assert again.train_info["margin"] == pytest.approx(model.train_info["margin"])
+    with pytest.raises(StmorphInputError, match="not found"):
+        MUSE.load(tmp_path / "missing.pt")
+
+
+def test_three_modalities():
+    md = simulate_multimodal(n_clusters=6, n_cells=150, n_features=(20, 20, 20), latent_dim=8, random_state=0)
+    out = muse_fit_predict([md[m].X for m in md.mod], latent_dim=8, **TINY)
+    assert out["latent"].shape == (150, 8) and len(out["hidden"]) == 3 and len(out["labels"]) == 3
+
+
+# -- MuData API and CLI --------------------------------------------------------------------------------------
+def test_tl_muse_writes_scverse_keys(tiny_mdata):
+    import stmorph.tl as tl
+
+    md = tiny_mdata.copy()
+    res = tl.muse(md, latent_dim=6, random_state=0, **TINY)
+    assert res is None
+    assert md.obsm["X_muse"].shape == (150, 6)
+    assert md.obsm["X_muse_rna"].shape == (150, 128) and md.obsm["X_muse_morph"].shape == (150, 128)
+    assert md.obs["muse_clusters"].dtype.name == "category"
+    assert md.obs["muse_clusters_rna"].dtype.name == "category"
+    p = md.uns["muse"]["params"]
+    assert p["modalities"] == ["rna", "morph"] and p["zero_inflated"] == [True, False]
+    assert md.uns["muse"]["margin"] > 0
+    cp = tl.muse(tiny_mdata, latent_dim=6, key_added="X_m2", cluster_key="c2", copy=True, **TINY)
+    assert "X_m2" in cp.obsm and "X_m2" not in tiny_mdata.obsm
+    np.testing.assert_allclose(cp.obsm["X_m2"], md.obsm["X_muse"])  # same seed, same result
+    with pytest.raises(StmorphInputError, match="not in the MuData"):
+        tl.muse(md, ["rna", "protein"], **TINY)
+    with pytest.raises(StmorphInputError, match="column"):
+        tl.muse(md, init_labels={"rna": "nope"}, **TINY)
+
+
+def test_cli_muse(tmp_path, tiny_mdata):
+    from typer.testing import CliRunner
+
+    from stmorph.cli import app
+
+    src = tmp_path / "in.h5mu"
+    tiny_mdata.write_h5mu(src)
+    out = tmp_path / "out.h5mu"
+    args = ["muse", str(src), "-o", str(out), "--latent-dim", "4", "--epochs", "2", "--warmup-epochs", "2",
+            "--triplet-init-epochs", "2", "--k", "10", "--threads", "1", "--model-out", str(tmp_path / "m.pt")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    import mudata
+
+    back = mudata.read_h5mu(out)
+    assert back.obsm["X_muse"].shape == (150, 4) and "muse_clusters" in back.obs
+    assert (tmp_path / "m.pt").exists()
+    res = CliRunner().invoke(app, args)  # exists, no --overwrite
+    assert res.exit_code != 0

@@ -1,0 +1,68 @@
+"""Tests of the PhenoGraph-style clustering helper (stmorph._cluster)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from stmorph import StmorphInputError
+from stmorph._cluster import jaccard_graph, knn_indices, phenograph_leiden
+
+
+def _blobs(n_per=60, n_blobs=4, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 10, size=(n_blobs, d))
+    X = np.vstack([c + rng.normal(0, 0.5, size=(n_per, d)) for c in centers])
+    return X, np.repeat(np.arange(n_blobs), n_per)
+
+
+def test_knn_matches_bruteforce():
+    X, _ = _blobs(20, 3)
+    idx = knn_indices(X, k=5)
+    D = np.linalg.norm(X[:, None] - X[None], axis=2)
+    np.fill_diagonal(D, np.inf)
+    ref = np.argsort(D, axis=1, kind="stable")[:, :5]
+    assert np.array_equal(np.sort(idx, 1), np.sort(ref, 1))
+
+
+def test_jaccard_weights_by_hand():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    k = 6
+    idx = knn_indices(X, k=k)
+    W = jaccard_graph(idx).toarray()
+    sets = [set(r) for r in idx]
+    ref = np.zeros((40, 40))
+    for i in range(40):
+        for j in idx[i]:
+            ref[i, j] = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+    ref = (ref + ref.T) / 2
+    np.testing.assert_allclose(W, ref, atol=1e-6)
+    assert np.allclose(W, W.T)
+
+
+@pytest.mark.parametrize("method", ["leiden", "louvain"])
+def test_recovers_blobs_and_is_deterministic(method):
+    X, truth = _blobs()
+    a = phenograph_leiden(X, k=30, method=method, random_state=3)
+    b = phenograph_leiden(X, k=30, method=method, random_state=3)
+    assert np.array_equal(a, b)
+    assert adjusted_rand_score(truth, a) == pytest.approx(1.0)
+    # labels numbered by decreasing size
+    counts = np.bincount(a)
+    assert np.all(np.diff(counts) <= 0)
+
+
+def test_resolution_increases_clusters():
+    X, _ = _blobs(100, 2)
+    lo = phenograph_leiden(X, k=15, resolution=0.5)
+    hi = phenograph_leiden(X, k=15, resolution=5.0)
+    assert hi.max() > lo.max()
+
+
+def test_bad_input():
+    with pytest.raises(StmorphInputError, match="NaN"):
+        phenograph_leiden(np.array([[0.0, np.nan], [1, 1], [2, 2]]))
+    with pytest.raises(StmorphInputError, match="method"):
+        phenograph_leiden(np.zeros((5, 2)), method="kmeans")
