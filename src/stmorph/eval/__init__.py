@@ -1,1 +1,87 @@
-"""stmorph.eval"""
+"""stmorph.eval: the study's evaluation suite over any feature space.
+
+* statistics: :func:`permanova`, :func:`permdisp`, :func:`pairwise_permanova`, :func:`pairwise_permdisp`
+  (Euclidean, no n x n distance matrix), :func:`benjamini_hochberg`
+* classification: :func:`rf_classification`
+* clustering: :func:`leiden_tune`, :func:`multiplex_leiden`, :func:`cluster_metrics`, :func:`silhouette`,
+  :func:`hungarian_jaccard`
+* genes: :func:`ridge_gene_prediction`, :func:`latent_f_tests`, gene subsets (:func:`pca_gene_subset`,
+  :func:`de_gene_subset`, :func:`random_gene_subset`), :func:`normalize_counts`
+* spatial: :func:`colocalization_score` (MUSE)
+* one call: :class:`EvalConfig` + :func:`evaluate_spaces`, :func:`write_results`
+"""
+
+from ._classify import ClassificationResult, rf_classification
+from ._cluster import (
+    LeidenResult,
+    MultiplexResult,
+    cluster_metrics,
+    hungarian_jaccard,
+    knn_graph,
+    leiden_tune,
+    multiplex_leiden,
+    silhouette,
+)
+from ._evaluate import (
+    EvalConfig,
+    EvalResults,
+    align_inputs,
+    evaluate_spaces,
+    read_feature_table,
+    write_results,
+)
+from ._genes import (
+    de_gene_subset,
+    latent_f_tests,
+    normalize_counts,
+    pca_gene_subset,
+    random_gene_subset,
+    ridge_gene_prediction,
+    wilcoxon_scores,
+)
+from ._spatial import colocalization_score
+from ._stats import (
+    TestResult,
+    benjamini_hochberg,
+    geometric_median_batch,
+    pairwise_permanova,
+    pairwise_permdisp,
+    permanova,
+    permdisp,
+    zscore,
+)
+
+__all__ = [
+    "ClassificationResult",
+    "EvalConfig",
+    "EvalResults",
+    "LeidenResult",
+    "MultiplexResult",
+    "TestResult",
+    "align_inputs",
+    "benjamini_hochberg",
+    "cluster_metrics",
+    "colocalization_score",
+    "de_gene_subset",
+    "evaluate_spaces",
+    "geometric_median_batch",
+    "hungarian_jaccard",
+    "knn_graph",
+    "latent_f_tests",
+    "leiden_tune",
+    "multiplex_leiden",
+    "normalize_counts",
+    "pairwise_permanova",
+    "pairwise_permdisp",
+    "pca_gene_subset",
+    "permanova",
+    "permdisp",
+    "random_gene_subset",
+    "read_feature_table",
+    "rf_classification",
+    "ridge_gene_prediction",
+    "silhouette",
+    "wilcoxon_scores",
+    "write_results",
+    "zscore",
+]

@@ -1,0 +1,224 @@
+"""Classification, clustering, metrics, gene prediction, co-localization, the evaluator and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_blobs
+
+from stmorph.eval import (
+    EvalConfig,
+    cluster_metrics,
+    colocalization_score,
+    de_gene_subset,
+    evaluate_spaces,
+    hungarian_jaccard,
+    latent_f_tests,
+    leiden_tune,
+    multiplex_leiden,
+    normalize_counts,
+    pca_gene_subset,
+    random_gene_subset,
+    rf_classification,
+    ridge_gene_prediction,
+    silhouette,
+    wilcoxon_scores,
+)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(240, centers=6, n_features=8, cluster_std=1.0, random_state=0)
+    return X, np.array([f"t{i}" for i in y])
+
+
+def test_silhouette_matches_sklearn(blobs):
+    from sklearn.metrics import silhouette_score
+
+    X, y = blobs
+    rng = np.random.default_rng(0)
+    noisy = np.where(rng.random(y.size) < 0.2, "t0", y)
+    noisy[0] = "single"  # a singleton cluster
+    for lab in (y, noisy):
+        assert silhouette(X, lab) == pytest.approx(silhouette_score(X, lab), rel=1e-10)
+
+
+def test_cluster_metrics_orientation_and_jaccard():
+    from sklearn.metrics import adjusted_rand_score, completeness_score, homogeneity_score
+
+    labels = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 2)
+    clusters = np.array([0, 0, 1, 1, 2, 2, 2, 2, 2, 2])  # a split in two; b and c merged
+    m = cluster_metrics(labels, clusters)
+    assert m["homogeneity"] == pytest.approx(homogeneity_score(labels, clusters))
+    assert m["completeness"] == pytest.approx(completeness_score(labels, clusters))
+    # the reference's swapped call gives completeness, not homogeneity
+    assert homogeneity_score(clusters, labels) == pytest.approx(m["completeness"])
+    assert m["homogeneity"] != pytest.approx(m["completeness"])
+    assert m["ari"] == pytest.approx(adjusted_rand_score(labels, clusters))
+    jac = hungarian_jaccard(labels, clusters)
+    assert jac["a"] == pytest.approx(0.5)  # matched to one half of its split
+    assert jac["b"] == pytest.approx(4 / 6)
+    assert jac["c"] == 0.0  # the optimal matching leaves c the empty cluster 1 (b takes cluster 2)
+    assert sum(v is None for v in jac.values()) == 0  # 3 labels, 3 clusters: all matched
+    jac2 = hungarian_jaccard(labels, np.zeros(10))
+    assert sum(v is None for v in jac2.values()) == 2  # one cluster: two labels unmatched
+
+
+def test_rf_classification_recovers_blobs(blobs):
+    X, y = blobs
+    res = rf_classification(X, y, n_trees=30, n_jobs=1)
+    assert res.balanced_accuracy > 0.95
+    assert set(res.per_label.index) == set(y)
+    assert res.confusion.to_numpy().sum() == y.size
+    # per-label recall of pure noise is near chance (1/6)
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    assert rf_classification(noise, y, n_trees=30, n_jobs=1).balanced_accuracy < 0.4
+
+
+def test_leiden_tune_and_multiplex(blobs):
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = blobs
+    res = leiden_tune(X, k_grid=(10, 20), resolutions=(0.05, 0.5, 1.0), min_clusters=5)
+    assert len(res.grid) == 6 and set(res.graphs) == {10, 20}
+    assert res.grid.loc[res.grid.eligible, "silhouette"].max() == pytest.approx(res.silhouette)
+    assert adjusted_rand_score(y, res.clusters) > 0.9
+    assert (res.grid.n_clusters[res.grid.eligible] >= 5).all()
+    # a space that only separates 3 groups + an informative one: the multiplex leans on the informative one
+    noise = np.random.default_rng(0).normal(size=X.shape)
+    mx = multiplex_leiden(X, noise, k=(res.k, 15), resolution=(res.resolution, 1.0), weights=(0.2, 0.5, 0.9))
+    assert mx.weight == pytest.approx(0.9)
+    assert adjusted_rand_score(y, mx.clusters) > 0.8
+
+
+@pytest.mark.slow
+def test_knn_graph_matches_scanpy():
+    pytest.importorskip("umap")
+    import anndata as ad
+    import scanpy as sc
+
+    from stmorph.eval import knn_graph
+
+    X, _ = make_blobs(120, centers=3, n_features=5, random_state=2)
+    a = ad.AnnData(np.zeros((120, 0), dtype=np.float32))
+    a.obsm["r"] = X.astype(np.float32)
+    sc.pp.neighbors(a, n_neighbors=10, use_rep="r", transformer="sklearn")
+    G = knn_graph(X, 10)
+    assert abs(G - a.obsp["connectivities"]).max() < 1e-4
+
+
+def test_gene_prediction_and_f_tests():
+    from sklearn.feature_selection import f_regression
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(300, 4))
+    Y = np.c_[2 * Z[:, 1] + 0.2 * rng.normal(size=300), rng.normal(size=300), Z[:, 3] + rng.normal(size=300)]
+    r2 = ridge_gene_prediction(Z, Y, ["g1", "g2", "g3"])
+    assert r2.loc["g1", "r2"] > 0.95 and abs(r2.loc["g2", "r2"]) < 0.1 and 0.3 < r2.loc["g3", "r2"] < 0.7
+    ft = latent_f_tests(Z, Y, ["g1", "g2", "g3"])
+    F_ref = np.vstack([f_regression(Z, Y[:, j])[0] for j in range(3)])
+    p_ref = np.vstack([f_regression(Z, Y[:, j])[1] for j in range(3)])
+    padj_ref = multipletests(p_ref.ravel(), method="fdr_bh")[1].reshape(p_ref.shape).min(axis=1)
+    np.testing.assert_allclose(ft["f"], F_ref.max(axis=1), rtol=1e-8)
+    np.testing.assert_allclose(ft["padj"], padj_ref, rtol=1e-6)
+    assert ft["best_latent"].tolist()[0] == 1 and ft["best_latent"].tolist()[2] == 3
+
+
+def test_gene_subsets_and_normalisation():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, size=(120, 30)).astype(float)
+    lab = np.repeat(["a", "b", "c"], 40)
+    counts[:40, 5] += 20
+    counts[40:80, 7] += 20
+    counts[80:, 11] += 20
+    X = normalize_counts(counts)
+    tot = np.expm1(X).sum(axis=1)
+    np.testing.assert_allclose(tot, np.median(counts.sum(axis=1)))
+    genes = [f"G{i}" for i in range(30)]
+    assert de_gene_subset(X, genes, lab) == ["G5", "G7", "G11"]
+    # z-scores order genes as the Mann-Whitney U statistic does (same test)
+    from scipy.stats import mannwhitneyu
+
+    z = wilcoxon_scores(X, lab).loc["a"].to_numpy()
+    U = np.array([mannwhitneyu(X[:40, j], X[40:, j]).statistic for j in range(30)])
+    n1, n2 = 40, 80
+    np.testing.assert_allclose(z, (U - n1 * n2 / 2) / np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12), rtol=1e-10)
+    pca = pca_gene_subset(X, genes, n_pcs=15, n_top=3)
+    assert len(pca) == len(set(pca)) and {"G5", "G7", "G11"} <= set(pca[:6])
+    r1 = random_gene_subset(genes, 10, random_state=3)
+    assert r1 == random_gene_subset(genes, 10, random_state=3) and len(set(r1)) == 10
+    assert r1 != random_gene_subset(genes, 10, random_state=4)
+
+
+def test_colocalization_score():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 10, size=(300, 2))
+    clusters = np.where(xy[:, 0] < 3, "left", "mixed")
+    mixed = clusters == "mixed"
+    clusters[mixed] = rng.choice(["m1", "m2"], size=mixed.sum())
+    df = colocalization_score(xy, clusters, n_neighbors=8, permutations=199)
+    assert df.loc["left", "pvalue"] <= 0.01 and df.loc["left", "enrichment"] > 2
+    assert df["n_cells"].sum() == 300
+    # labels drawn at random over the whole tissue: no co-localization, score ~ the label's frequency
+    rnd = rng.choice(["r1", "r2", "r3"], size=300)
+    dr = colocalization_score(xy, rnd, n_neighbors=8, permutations=199)
+    assert (dr["pvalue"] > 0.01).all()
+    np.testing.assert_allclose(dr["expected"], (dr["n_cells"] - 1) / 299, atol=0.01)
+
+
+def test_evaluate_spaces_and_cli(tmp_path, blobs):
+    from typer.testing import CliRunner
+
+    from stmorph.cli import app
+
+    X, y = blobs
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(y.size)]
+    counts = pd.DataFrame(rng.poisson(np.exp(0.3 * X[:, :4] - 0.5)), index=ids, columns=list("ABCD"))
+    counts.iloc[:, 0] += 1
+    feat = pd.DataFrame(X, index=ids, columns=[f"f{i}" for i in range(8)])
+    noise = pd.DataFrame(rng.normal(size=(y.size, 3)), index=ids)
+    feat.iloc[:-3].to_csv(tmp_path / "feat.csv", index_label="cell")  # 3 cells missing here
+    noise.to_csv(tmp_path / "noise.csv", index_label="cell")
+    counts.to_csv(tmp_path / "counts.csv", index_label="cell")
+    lab = pd.DataFrame({"cell": ids, "label": y})
+    lab.loc[:4, "label"] = "Removed"
+    lab.to_csv(tmp_path / "labels.csv", index=False)
+    res = CliRunner().invoke(app, [
+        "evaluate", "--features", f"A={tmp_path / 'feat.csv'}", "--features", f"N={tmp_path / 'noise.csv'}",
+        "--labels", str(tmp_path / "labels.csv"), "--label-column", "label", "--multiplex", "A+N",
+        "--ridge", "A", "--counts", str(tmp_path / "counts.csv"), "--exclude-label", "Removed",
+        "--out", str(tmp_path / "out"), "--permutations", "49", "--n-trees", "20", "--permdisp-test", "centroid",
+    ])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    A = s["feature_spaces"]["A"]
+    assert A["n_cells"] == y.size - 3 - 5 and A["n_features"] == 8
+    assert A["classification"]["balanced_accuracy"] > 0.9
+    assert s["feature_spaces"]["N"]["classification"]["balanced_accuracy"] < 0.5
+    assert A["permanova"] == {"n_pairs": 15, "n_significant": 15}
+    assert set(A["clustering"]) >= {"k", "resolution", "n_clusters", "silhouette", "homogeneity", "completeness",
+                                    "ami", "ari", "jaccard"}
+    assert A["clustering"]["ari"] > 0.9
+    assert set(s["multiplex"]["A+N"]) >= {"weight", "n_clusters", "silhouette", "homogeneity", "jaccard"}
+    assert set(s["ridge"]["A"]["r2"]) == set("ABCD")
+    assert s["cells"]["dropped"]["A"] == 5 and s["cells"]["inputs"]["A"] == y.size - 3  # the 5 "Removed" cells
+    assert (tmp_path / "out" / "tables" / "permanova_A.csv").exists()
+    assert (tmp_path / "out" / "figures" / "per_label_balanced_accuracy.png").exists()
+    # bad input: a clear one-line error
+    bad = CliRunner().invoke(app, ["evaluate", "--features", "A", "--labels", "x.csv", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
+
+
+def test_evaluate_spaces_direct_tc_counts():
+    X, y = make_blobs(150, centers=5, n_features=6, random_state=3)
+    cfg = EvalConfig(permutations=49, n_trees=20, k_grid=(15,), resolutions=(0.5, 1.0), permdisp_tests=("centroid",),
+                     run_clustering=False)
+    res = evaluate_spaces({"A": X}, y.astype(str), config=cfg)
+    fs = res.summary["feature_spaces"]["A"]
+    assert "clustering" not in fs and fs["permdisp"]["n_pairs"] == 10
+    assert res.tables["classification_A"].shape == (5, 1)
