@@ -1,0 +1,141 @@
+"""``stmorph features``: CellProfiler (cp-measure) and pretrained-CNN features of a sample's stain crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+features_app = typer.Typer(
+    help="Morphology feature spaces from stain crops: CellProfiler measurements or pretrained-CNN features.",
+    no_args_is_help=True,
+)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _write(sample, key: str, out: Path, h5ad: Path | None) -> None:
+    import pandas as pd
+
+    from .._utils import atomic_path
+
+    a = sample.adata
+    names = a.uns.get(f"{key}_features") or [f"{key}_{i}" for i in range(a.obsm[key].shape[1])]
+    df = pd.DataFrame(a.obsm[key], index=a.obs_names, columns=names)
+    df.index.name = "cell_id"
+    suffix = out.suffix.lower()
+    with atomic_path(out, suffix=suffix) as tmp:
+        if suffix == ".parquet":
+            df.to_parquet(tmp)
+        elif suffix in (".csv", ".gz"):
+            df.to_csv(tmp)
+        else:
+            from ..errors import StmorphInputError
+
+            raise StmorphInputError("unsupported output type", file=out, expected="a .parquet or .csv file")
+    if h5ad is not None:
+        with atomic_path(h5ad, suffix=".h5ad") as tmp:
+            a.write_h5ad(tmp)
+    typer.echo(f"{df.shape[0]} cells x {df.shape[1]} features -> {out}" + (f" (and {h5ad})" if h5ad else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(features_app, name="features")
+
+    @features_app.command("cellprofiler")
+    def cellprofiler(
+        sample_dir: Path = typer.Argument(..., help="A sample folder written by stmorph (SpatialSample.write)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Feature table to write (.parquet or .csv), cells x features."),
+        size: int = typer.Option(100, help="Crop side in pixels (the study: 100 small, 300 large)."),
+        channels: str = typer.Option(None, help="Comma-separated channels to measure (default: all images)."),
+        otsu: str = typer.Option("DAPI", help="Comma-separated channels to add an Otsu-thresholded copy of ('' = none)."),
+        modules: str = typer.Option(
+            "quality,intensity,radial_distribution,texture,granularity",
+            help="Comma-separated modules: quality, intensity, radial_distribution, texture, granularity, sizeshape, "
+            "correlation.",
+        ),
+        masks: Path = typer.Option(
+            None, help="Optional cell label image (TIFF, same shape as the stains); default: the whole crop is the object."
+        ),
+        mask_ids: str = typer.Option(None, help="obs column with each cell's label in --masks (default: 1..n in row order)."),
+        intensity_scale: str = typer.Option("image", help="Scale channels to [0, 1] by the 'image' maximum or the 'dtype' maximum."),
+        select: bool = typer.Option(True, help="pycytominer-style feature selection (variance, NA, correlation 0.9, blocklist)."),
+        fill_nan: bool = typer.Option(True, help="Replace NaN left after selection by the feature median (counted in uns)."),
+        n_jobs: int = typer.Option(1, help="Parallel worker processes (-1 = all cores)."),
+        key: str = typer.Option(None, help="obsm key (default X_cp_<size>)."),
+        h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
+    ) -> None:
+        """CellProfiler features (cp-measure) of square crops around every cell."""
+        from ..features import cellprofiler_features
+        from ..sample import SpatialSample
+
+        sample = SpatialSample.read(sample_dir)
+        label_image = None
+        if masks is not None:
+            import tifffile
+
+            label_image = tifffile.imread(masks)
+        k = key or f"X_cp_{size}"
+        cellprofiler_features(
+            sample,
+            size=size,
+            channels=_split(channels),
+            otsu_channels=tuple(_split(otsu) or ()),  # ("DAPI",) = skip silently when there is no DAPI
+            modules=_split(modules) or (),
+            masks=label_image,
+            mask_ids=mask_ids,
+            intensity_scale=intensity_scale,
+            select=select,
+            fill_nan="median" if fill_nan else None,
+            key_added=k,
+            n_jobs=n_jobs,
+        )
+        info = sample.adata.uns[k]
+        typer.echo(
+            f"measured {info['n_features_measured']} features, kept {info['n_features_kept']} "
+            f"in {info['seconds']:.1f} s"
+        )
+        _write(sample, k, out, h5ad)
+
+    @features_app.command("cnn")
+    def cnn(
+        sample_dir: Path = typer.Argument(..., help="A sample folder written by stmorph (SpatialSample.write)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Feature table to write (.parquet or .csv), cells x components."),
+        model: str = typer.Option(
+            "small_resnet",
+            help="'small_resnet' (built in), 'timm:<architecture>' (needs timm) or a TorchScript file path.",
+        ),
+        weights: Path = typer.Option(None, help="Local state_dict file for --model; never downloaded."),
+        size: int = typer.Option(100, help="Crop side in pixels."),
+        channels: str = typer.Option(None, help="Comma-separated channels (default: all images)."),
+        n_components: int = typer.Option(500, help="PCA components (MUSE: 500); 0 keeps the raw features."),
+        input_size: int = typer.Option(299, help="Side the crops are resized to (299: Inception-v3)."),
+        batch_size: int = typer.Option(32, help="Crops per forward pass."),
+        device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda'."),
+        key: str = typer.Option("X_cnn", help="obsm key."),
+        seed: int = typer.Option(0, help="Random seed (PCA solver)."),
+        h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
+    ) -> None:
+        """Pretrained-CNN features of every channel's crop, concatenated and PCA-reduced (MUSE)."""
+        from ..features import cnn_features
+        from ..sample import SpatialSample
+
+        if weights is None and not model.endswith((".pt", ".pth", ".ts", ".jit")):
+            typer.secho("warning: no --weights: the network is randomly initialised", fg=typer.colors.YELLOW, err=True)
+        sample = SpatialSample.read(sample_dir)
+        cnn_features(
+            sample,
+            model,
+            weights,
+            size=size,
+            channels=_split(channels),
+            n_components=n_components or None,
+            input_size=input_size,
+            batch_size=batch_size,
+            device=device,
+            key_added=key,
+            random_state=seed,
+        )
+        _write(sample, key, out, h5ad)

@@ -1,0 +1,741 @@
+"""CellProfiler measurements on per-cell stain crops, through ``cp-measure``.
+
+The Moser et al. baseline: CellProfiler modules on a square crop around each cell (the "grid object", the
+whole crop), on DAPI, membrane and an Otsu-thresholded DAPI channel:
+
+* image quality - focus (normalised variance, local focus), power-spectrum slope, saturation (percent
+  maximal / minimal), Otsu threshold (:func:`image_quality`, written here: cp-measure has no
+  MeasureImageQuality);
+* object intensity (``cp_measure`` ``intensity``);
+* intensity distribution in 8 radial bins (``radial_distribution``, ``bin_count=8``);
+* Haralick texture at scale 3 with 256 grey levels (``texture``);
+* granularity with a structuring element of radius 10 and a spectrum of 16 (``granularity``).
+
+Optional: object size/shape (``sizeshape``, meaningful with real cell masks only) and channel-pair
+colocalisation (``correlation``: Pearson, Manders, RWC, Costes with an explicit ``scale_max``).
+
+The object is the whole crop unless per-crop masks are given (real cell masks: a label image cropped with the
+same boxes). Measurements are plain functions over arrays: :func:`measure_crops` takes ``(n, C, S, S)``
+crops scaled to ``[0, 1]``; :func:`cellprofiler_features` is the :class:`~stmorph.SpatialSample` wrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .._utils import default_num_threads, progress
+from ..errors import StmorphInputError
+
+__all__ = [
+    "DEFAULT_MODULES",
+    "ALL_MODULES",
+    "DEFAULT_PARAMS",
+    "image_quality",
+    "measure_crop",
+    "measure_crops",
+    "otsu_binary",
+    "cellprofiler_features",
+    "crop_label_image",
+    "rasterize_polygons",
+]
+
+#: Modules of the Moser et al. CellProfiler baseline.
+DEFAULT_MODULES: tuple[str, ...] = ("quality", "intensity", "radial_distribution", "texture", "granularity")
+#: Every module :func:`measure_crops` knows.
+ALL_MODULES: tuple[str, ...] = DEFAULT_MODULES + ("sizeshape", "correlation")
+
+#: Module parameters as in the study (passed to the cp-measure functions).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "quality": {"local_scale": 20},
+    "intensity": {},
+    "radial_distribution": {"bin_count": 8, "scaled": True},
+    "texture": {"scale": 3, "gray_levels": 256},
+    "granularity": {"element_size": 10, "granular_spectrum_length": 16},
+    "sizeshape": {"calculate_advanced": False},
+    "correlation": {"costes_scale_max": 255},
+}
+
+_PREFIX = {"texture": "Texture_", "granularity": "", "intensity": "", "radial_distribution": "", "sizeshape": "AreaShape_"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image quality (MeasureImageQuality is not in cp-measure)
+# ---------------------------------------------------------------------------------------------------------------
+def _power_loglog_slope(img: np.ndarray) -> float:
+    """Slope of log(radial power) against log(spatial frequency), as CellProfiler's PowerLogLogSlope.
+
+    ``centrosome.radial_power_spectrum.rps`` computes the same radial power spectrum but calls
+    ``ndarray.ptp``, which numpy 2 removed; this is the same computation over numpy 2 API.
+    """
+    h, w = img.shape
+    maxwidth = min(h, w) / 8.0
+    radii_used = np.arange(2, int(np.floor(maxwidth)))
+    if radii_used.size < 2:
+        return float("nan")
+    x = img.astype(np.float64)
+    if np.ptp(x) > 0:
+        mad = np.median(np.abs(x - x.mean()))
+        if mad > 0:
+            x = x / mad
+    power = np.abs(np.fft.fft2(x - x.mean())) ** 2
+    r2 = np.arange(h)[:, None] ** 2 + np.arange(w)[None, :] ** 2
+    r2 = np.minimum(r2, np.flipud(r2))
+    r2 = np.minimum(r2, np.fliplr(r2))
+    radii = np.floor(np.sqrt(r2)).astype(np.int64) + 1
+    sums = np.bincount(radii.ravel(), weights=power.ravel(), minlength=int(radii_used.max()) + 1)[radii_used]
+    ok = sums > 0
+    if ok.sum() < 2:
+        return float("nan")
+    slope = np.polyfit(np.log(radii_used[ok]), np.log(sums[ok]), 1)[0]
+    return float(slope)
+
+
+def image_quality(image: np.ndarray, *, local_scale: int = 20) -> dict[str, float]:
+    """Image-quality measurements of one 2-D image (CellProfiler MeasureImageQuality, per crop).
+
+    Parameters
+    ----------
+    image
+        2-D float image, intensities in ``[0, 1]``.
+    local_scale
+        Side in pixels of the non-overlapping windows of the local focus score.
+
+    Returns
+    -------
+    dict
+        ``ImageQuality_FocusScore`` (variance / mean of the image, NaN for an all-zero image),
+        ``ImageQuality_LocalFocusScore`` (mean of the per-window focus scores over windows with a non-zero
+        mean), ``ImageQuality_PowerLogLogSlope``, ``ImageQuality_PercentMaximal`` /
+        ``ImageQuality_PercentMinimal`` (percent of pixels at the image maximum / minimum: saturation) and
+        ``ImageQuality_ThresholdOtsu`` (:func:`skimage.filters.threshold_otsu`; NaN for a constant image).
+
+    Examples
+    --------
+    >>> img = np.zeros((40, 40)); img[:20] = 0.5
+    >>> q = image_quality(img)
+    >>> q["ImageQuality_PercentMaximal"], q["ImageQuality_FocusScore"]
+    (50.0, 0.25)
+    """
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(image, dtype=np.float64)
+    if x.ndim != 2:
+        raise StmorphInputError(f"image_quality needs a 2-D image, got shape {x.shape}", expected="(rows, columns)")
+    mean = x.mean()
+    focus = float(x.var() / mean) if mean > 0 else float("nan")
+    s = max(2, int(local_scale))
+    h, w = (x.shape[0] // s) * s, (x.shape[1] // s) * s
+    local = float("nan")
+    if h and w:
+        tiles = x[:h, :w].reshape(h // s, s, w // s, s).swapaxes(1, 2).reshape(-1, s * s)
+        tm = tiles.mean(axis=1)
+        ok = tm > 0
+        if ok.any():
+            local = float(np.mean(tiles[ok].var(axis=1) / tm[ok]))
+    lo, hi = x.min(), x.max()
+    otsu = float(threshold_otsu(x)) if hi > lo else float("nan")
+    return {
+        "ImageQuality_FocusScore": focus,
+        "ImageQuality_LocalFocusScore": local,
+        "ImageQuality_PowerLogLogSlope": _power_loglog_slope(x),
+        "ImageQuality_PercentMaximal": float(100.0 * np.mean(x == hi)),
+        "ImageQuality_PercentMinimal": float(100.0 * np.mean(x == lo)),
+        "ImageQuality_ThresholdOtsu": otsu,
+    }
+
+
+def otsu_binary(image: np.ndarray) -> np.ndarray:
+    """Binary image ``image > Otsu threshold`` as float32 (0/1), as CellProfiler's Threshold module output.
+
+    A constant image gives all zeros.
+
+    Parameters
+    ----------
+    image
+        2-D image.
+
+    Returns
+    -------
+    float32 array of 0 and 1, same shape.
+
+    Examples
+    --------
+    >>> img = np.zeros((4, 4)); img[1:3, 1:3] = 1.0
+    >>> int(otsu_binary(img).sum())
+    4
+    """
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(image)
+    if x.max() <= x.min():
+        return np.zeros(x.shape, dtype=np.float32)
+    return (x > threshold_otsu(x)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-crop measurement
+# ---------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _accelerator(name: str | None) -> Iterator[None]:
+    import cp_measure
+
+    old = cp_measure._ACCELERATOR
+    cp_measure.set_accelerator(name)
+    try:
+        yield
+    finally:
+        cp_measure.set_accelerator(old)
+
+
+def _resolve_accelerator(accelerator: str | None) -> str | None:
+    if accelerator == "auto":
+        try:
+            from cp_measure._detect import HAS_NUMBA
+        except ImportError:  # pragma: no cover - older cp-measure
+            return None
+        return "numba" if HAS_NUMBA else None
+    if accelerator not in (None, "numba"):
+        raise StmorphInputError(f"accelerator={accelerator!r}", expected="'auto', 'numba' or None")
+    return accelerator
+
+
+def _check_modules(modules: Sequence[str]) -> tuple[str, ...]:
+    mods = tuple(modules)
+    bad = [m for m in mods if m not in ALL_MODULES]
+    if bad or not mods:
+        raise StmorphInputError(f"unknown CellProfiler modules {bad}", expected=f"a non-empty subset of {ALL_MODULES}")
+    return mods
+
+
+def _merged_params(params: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    out = {k: dict(v) for k, v in DEFAULT_PARAMS.items()}
+    for k, v in (params or {}).items():
+        if k not in out:
+            raise StmorphInputError(f"parameters for unknown module {k!r}", expected=f"one of {ALL_MODULES}")
+        out[k].update(v)
+    return out
+
+
+def measure_crop(
+    crop: np.ndarray,
+    channel_names: Sequence[str],
+    mask: np.ndarray | None = None,
+    *,
+    modules: Sequence[str] = DEFAULT_MODULES,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """CellProfiler features of one ``(C, S, S)`` crop, as a flat ``{feature_channel: value}`` dict.
+
+    Parameters
+    ----------
+    crop
+        ``(C, S, S)`` float crop, intensities in ``[0, 1]``.
+    channel_names
+        One name per channel; feature names end with ``_<channel>``.
+    mask
+        Optional ``(S, S)`` boolean/integer object mask (non-zero = the cell). ``None``: the whole crop (grid
+        object). An empty mask gives an empty dict (the caller reports the cell as NaN).
+    modules
+        Subset of :data:`ALL_MODULES`.
+    params
+        Per-module parameter overrides of :data:`DEFAULT_PARAMS`.
+
+    Returns
+    -------
+    dict
+        Feature name -> value. Names follow CellProfiler: ``Intensity_MeanIntensity_DAPI``,
+        ``RadialDistribution_FracAtD_1of8_DAPI``, ``Texture_Contrast_3_00_256_DAPI``, ``Granularity_1_DAPI``,
+        ``ImageQuality_FocusScore_DAPI``, ``AreaShape_Area``, ``Correlation_Pearson_DAPI_membrane``.
+
+    Examples
+    --------
+    >>> crop = np.zeros((1, 32, 32), np.float32); crop[0, 8:24, 8:24] = 0.5
+    >>> round(measure_crop(crop, ["DAPI"], modules=["intensity"])["Intensity_MeanIntensity_DAPI"], 4)
+    0.125
+    """
+    from cp_measure.bulk import get_core_measurements, get_correlation_measurements
+
+    mods = _check_modules(modules)
+    prm = _merged_params(params)
+    crop = np.asarray(crop, dtype=np.float32)
+    if crop.ndim != 3 or len(channel_names) != crop.shape[0]:
+        raise StmorphInputError(
+            f"crop of shape {crop.shape} with {len(channel_names)} channel names", expected="(C, S, S) and C names"
+        )
+    labels = np.ones(crop.shape[1:], dtype=np.int32) if mask is None else (np.asarray(mask) != 0).astype(np.int32)
+    if labels.shape != crop.shape[1:]:
+        raise StmorphInputError(f"mask of shape {labels.shape} for a crop of shape {crop.shape}", expected="(S, S)")
+    if not labels.any():
+        return {}
+    core = get_core_measurements(sanitize=False)
+    out: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if "sizeshape" in mods:
+            for k, v in core["sizeshape"](labels, crop[0], **prm["sizeshape"]).items():
+                out[f"{_PREFIX['sizeshape']}{k}"] = float(np.asarray(v).ravel()[0])
+        for c, ch in enumerate(channel_names):
+            pix = crop[c]
+            if "quality" in mods:
+                for k, v in image_quality(pix, **prm["quality"]).items():
+                    out[f"{k}_{ch}"] = v
+            for mod in ("intensity", "radial_distribution", "texture", "granularity"):
+                if mod not in mods:
+                    continue
+                res = core[mod](labels, pix, **prm[mod])
+                for k, v in res.items():
+                    out[f"{_PREFIX[mod]}{k}_{ch}"] = float(np.asarray(v, dtype=np.float64).ravel()[0])
+        # colocalisation between stain channels (not with their own Otsu masks)
+        pair_ch = [i for i, ch in enumerate(channel_names) if not ch.endswith("_otsu")]
+        if "correlation" in mods and len(pair_ch) > 1:
+            corr = get_correlation_measurements(sanitize=False)
+            scale_max = int(prm["correlation"]["costes_scale_max"])
+            for ia, a in enumerate(pair_ch):
+                for b in pair_ch[ia + 1 :]:
+                    pair = f"{channel_names[a]}_{channel_names[b]}"
+                    for name, fn in corr.items():
+                        kw = {"scale_max": scale_max} if name == "costes" else {}
+                        for k, v in fn(crop[a], crop[b], labels, **kw).items():
+                            out[f"{k}_{pair}"] = float(np.asarray(v, dtype=np.float64).ravel()[0])
+    return out
+
+
+def _measure_chunk(
+    crops: np.ndarray,
+    masks: np.ndarray | None,
+    channel_names: list[str],
+    otsu_channels: list[str],
+    modules: tuple[str, ...],
+    params: dict[str, dict[str, Any]],
+    accelerator: str | None,
+) -> list[dict[str, float]]:
+    names = list(channel_names) + [f"{ch}_otsu" for ch in otsu_channels]
+    idx = [channel_names.index(ch) for ch in otsu_channels]
+    rows = []
+    # threads share cp-measure's global accelerator: the caller sets it once around them ("keep")
+    ctx = contextlib.nullcontext() if accelerator == "keep" else _accelerator(accelerator)
+    with ctx:
+        for i in range(crops.shape[0]):
+            crop = crops[i]
+            if idx:
+                crop = np.concatenate([crop, np.stack([otsu_binary(crop[j]) for j in idx])], axis=0)
+            rows.append(measure_crop(crop, names, None if masks is None else masks[i], modules=modules, params=params))
+    return rows
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def measure_crops(
+    crops: np.ndarray,
+    channel_names: Sequence[str],
+    masks: np.ndarray | None = None,
+    *,
+    modules: Sequence[str] = DEFAULT_MODULES,
+    otsu_channels: Sequence[str] = (),
+    params: dict[str, dict[str, Any]] | None = None,
+    n_jobs: int = 1,
+    backend: Literal["loky", "threading"] = "loky",
+    chunk_size: int = 16,
+    accelerator: str | None = "auto",
+    index: Sequence[str] | None = None,
+    progress_desc: str = "CellProfiler features",
+) -> pd.DataFrame:
+    """CellProfiler features of many crops: one row per crop, one column per feature.
+
+    Parameters
+    ----------
+    crops
+        ``(n, C, S, S)`` float crops with intensities in ``[0, 1]`` (texture quantises ``[0, 1]`` to 256 grey
+        levels; values outside are an error).
+    channel_names
+        ``C`` channel names.
+    masks
+        Optional ``(n, S, S)`` object masks (non-zero = the cell); ``None``: the whole crop is the object.
+        Cells whose mask is empty get an all-NaN row.
+    modules
+        Subset of :data:`ALL_MODULES` (default :data:`DEFAULT_MODULES`, the study's).
+    otsu_channels
+        Channels to add an Otsu-thresholded binary copy of (named ``<channel>_otsu``), e.g. ``("DAPI",)``.
+    params
+        Per-module overrides of :data:`DEFAULT_PARAMS`.
+    n_jobs
+        Parallel workers (joblib); ``-1`` = all cores. ``1`` runs in this process.
+    backend
+        ``"loky"`` (processes) or ``"threading"``; see ``benchmarks/results/features.md`` for which is faster.
+    chunk_size
+        Crops per parallel task.
+    accelerator
+        cp-measure accelerator: ``"auto"`` (numba when installed: ~20x faster texture), ``"numba"`` or ``None``.
+    index
+        Row labels (cell ids); default ``0..n-1`` as strings.
+    progress_desc
+        Progress-bar label.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``(n, n_features)`` float64; NaN where a measurement is undefined (reported by :func:`select_features`).
+
+    Examples
+    --------
+    >>> crops = np.random.default_rng(0).random((3, 2, 40, 40)).astype(np.float32)
+    >>> df = measure_crops(crops, ["DAPI", "membrane"], modules=["intensity"])
+    >>> df.shape
+    (3, 42)
+    """
+    crops = np.asarray(crops)
+    if crops.ndim != 4:
+        raise StmorphInputError(f"crops have shape {crops.shape}", expected="(n, C, S, S)")
+    channel_names = [str(c) for c in channel_names]
+    if len(channel_names) != crops.shape[1] or len(set(channel_names)) != len(channel_names):
+        raise StmorphInputError(
+            f"{len(channel_names)} channel names {channel_names} for {crops.shape[1]} channels",
+            expected="one unique name per channel",
+        )
+    otsu_channels = [str(c) for c in otsu_channels]
+    missing = [c for c in otsu_channels if c not in channel_names]
+    if missing:
+        raise StmorphInputError(f"otsu_channels {missing} are not among {channel_names}", expected="channel names")
+    if crops.size and (np.nanmin(crops) < -1e-6 or np.nanmax(crops) > 1 + 1e-6):
+        raise StmorphInputError(
+            f"crop intensities span [{np.nanmin(crops):.4g}, {np.nanmax(crops):.4g}]",
+            expected="values in [0, 1] (scale by the image maximum, e.g. crop_stains(normalize='image'))",
+        )
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.shape != (crops.shape[0],) + crops.shape[2:]:
+            raise StmorphInputError(f"masks have shape {masks.shape} for crops {crops.shape}", expected="(n, S, S)")
+    mods = _check_modules(modules)
+    prm = _merged_params(params)
+    acc = _resolve_accelerator(accelerator)
+    n = crops.shape[0]
+    idx = [str(i) for i in range(n)] if index is None else [str(i) for i in index]
+    if len(idx) != n:
+        raise StmorphInputError(f"{len(idx)} index labels for {n} crops", expected="one label per crop")
+    crops = np.clip(np.nan_to_num(crops.astype(np.float32, copy=False), nan=0.0), 0.0, 1.0)
+    parts = _chunks(n, max(1, int(chunk_size)))
+    args = (channel_names, otsu_channels, mods, prm, acc)
+    n_jobs = default_num_threads() if n_jobs in (-1, None) else max(1, int(n_jobs))
+    rows: list[dict[str, float]] = []
+    bar = progress(range(n), desc=progress_desc, total=n, unit="cell")
+    if n_jobs == 1 or len(parts) == 1:
+        for sl in parts:
+            rows.extend(_measure_chunk(crops[sl], None if masks is None else masks[sl], *args))
+            bar.update(sl.stop - sl.start)  # type: ignore[attr-defined]
+    else:
+        from joblib import Parallel, delayed
+
+        if backend == "threading":
+            args = (channel_names, otsu_channels, mods, prm, "keep")
+        elif backend != "loky":
+            raise StmorphInputError(f"backend={backend!r}", expected="'loky' or 'threading'")
+        par = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
+        with _accelerator(acc) if backend == "threading" else contextlib.nullcontext():
+            gen = par(delayed(_measure_chunk)(crops[sl], None if masks is None else masks[sl], *args) for sl in parts)
+            for sl, res in zip(parts, gen):
+                rows.extend(res)
+                bar.update(sl.stop - sl.start)  # type: ignore[attr-defined]
+    bar.close()  # type: ignore[attr-defined]
+    columns: list[str] = []
+    seen: set[str] = set()
+    for r in rows:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                columns.append(k)
+    df = pd.DataFrame.from_records(rows, columns=columns, index=pd.Index(idx, name="cell_id"))
+    return df.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# masks
+# ---------------------------------------------------------------------------------------------------------------
+def crop_label_image(label_image: np.ndarray, boxes: np.ndarray, size: int, ids: np.ndarray) -> np.ndarray:
+    """Binary masks of each cell's own label inside its crop box (zero outside the image).
+
+    Parameters
+    ----------
+    label_image
+        ``(H, W)`` integer label image (0 = background).
+    boxes
+        ``(n, 2)`` ``[row0, col0]`` boxes (:func:`stmorph.crops.crop_boxes`).
+    size
+        Crop side.
+    ids
+        ``(n,)`` label of each cell in ``label_image``.
+
+    Returns
+    -------
+    ``(n, size, size)`` bool.
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 10), int); lab[2:5, 2:5] = 7
+    >>> int(crop_label_image(lab, np.array([[0, 0]]), 6, np.array([7]))[0].sum())
+    9
+    """
+    lab = np.asarray(label_image)
+    h, w = lab.shape
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
+    ids = np.asarray(ids).reshape(-1)
+    out = np.zeros((boxes.shape[0], size, size), dtype=bool)
+    for i, (r0, c0) in enumerate(boxes):
+        ra, rb, ca, cb = max(r0, 0), min(r0 + size, h), max(c0, 0), min(c0 + size, w)
+        if rb > ra and cb > ca:
+            out[i, ra - r0 : rb - r0, ca - c0 : cb - c0] = lab[ra:rb, ca:cb] == ids[i]
+    return out
+
+
+def rasterize_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise cell polygons (Xenium/MERSCOPE boundaries, pixel ``[x, y]`` vertices) to a label image.
+
+    Polygon ``i`` gets label ``i + 1``; where polygons overlap, the later one wins.
+
+    Parameters
+    ----------
+    polygons
+        One ``(k, 2)`` array of ``[x, y]`` pixel vertices per cell.
+    shape
+        ``(rows, columns)`` of the label image.
+
+    Returns
+    -------
+    ``(rows, columns)`` int32 label image.
+
+    Examples
+    --------
+    >>> sq = np.array([[1, 1], [4, 1], [4, 4], [1, 4]], float)
+    >>> int((rasterize_polygons([sq], (6, 6)) == 1).sum())  # vertices on pixel centres 1..4, inclusive
+    16
+    """
+    from skimage.draw import polygon as draw_polygon
+
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.int32)
+    for i, poly in enumerate(polygons):
+        p = np.asarray(poly, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
+            raise StmorphInputError(f"polygon {i} has shape {p.shape}", expected="(k >= 3, 2) [x, y] vertices")
+        rr, cc = draw_polygon(p[:, 1], p[:, 0], shape=out.shape)
+        out[rr, cc] = i + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SpatialSample wrapper
+# ---------------------------------------------------------------------------------------------------------------
+def _crop_functions():
+    try:
+        from ..crops import crop_boxes, crop_stains
+    except ImportError:  # the namespace may not export them yet
+        from ..crops._stains import crop_boxes, crop_stains
+    return crop_boxes, crop_stains
+
+
+def _channel_scale(img: np.ndarray, intensity_scale: str | float) -> float:
+    if isinstance(intensity_scale, int | float) and not isinstance(intensity_scale, bool):
+        return float(intensity_scale)
+    if intensity_scale == "image":
+        return float(np.max(img))
+    if intensity_scale == "dtype":
+        return float(np.iinfo(img.dtype).max) if np.issubdtype(img.dtype, np.integer) else 1.0
+    raise StmorphInputError(f"intensity_scale={intensity_scale!r}", expected="'image', 'dtype' or a number")
+
+
+def _mask_ids(sample, masks_ids) -> np.ndarray:
+    n = sample.n_cells
+    if masks_ids is None:
+        return np.arange(1, n + 1)
+    if isinstance(masks_ids, str):
+        if masks_ids not in sample.adata.obs:
+            raise StmorphInputError("mask id column not found", column=masks_ids, expected="an obs column of label ids")
+        return sample.adata.obs[masks_ids].to_numpy().astype(np.int64)
+    ids = np.asarray(masks_ids).astype(np.int64).reshape(-1)
+    if ids.size != n:
+        raise StmorphInputError(f"{ids.size} mask ids for {n} cells", expected="one label id per cell")
+    return ids
+
+
+def cellprofiler_features(
+    sample,
+    *,
+    size: int = 100,
+    channels: Sequence[str] | None = None,
+    otsu_channels: Sequence[str] | None = ("DAPI",),
+    masks: np.ndarray | None = None,
+    mask_ids: np.ndarray | str | None = None,
+    modules: Sequence[str] = DEFAULT_MODULES,
+    params: dict[str, dict[str, Any]] | None = None,
+    intensity_scale: str | float = "image",
+    edge: Literal["shift", "pad"] = "shift",
+    select: bool = True,
+    selection: dict[str, Any] | None = None,
+    fill_nan: Literal["median"] | None = "median",
+    key_added: str | None = None,
+    n_jobs: int = 1,
+    backend: Literal["loky", "threading"] = "loky",
+    batch_size: int = 256,
+    accelerator: str | None = "auto",
+    copy: bool = False,
+):
+    """CellProfiler features of every cell of a sample into ``adata.obsm["X_cp_<name>"]``.
+
+    Crops ``size x size`` boxes around the centroids (:func:`stmorph.crops.crop_stains`), scales each channel
+    to ``[0, 1]`` by ``intensity_scale``, measures them (:func:`measure_crops`), then selects features
+    (:func:`stmorph.features.select_features`) and handles NaN explicitly.
+
+    Parameters
+    ----------
+    sample
+        A :class:`~stmorph.SpatialSample` with stain images.
+    size
+        Crop side in pixels (the study: 100 small, 300 large).
+    channels
+        Channels to measure; default all of ``sample.images``.
+    otsu_channels
+        Channels to add an Otsu-thresholded binary copy of; default ``("DAPI",)`` when present (missing
+        channels are skipped with no error only for this default).
+    masks
+        Optional ``(H, W)`` cell label image (CosMx label image, rasterised polygons via
+        :func:`rasterize_polygons`). ``None``: the whole crop is the object (grid object).
+    mask_ids
+        Label of each cell in ``masks``: an array, an ``obs`` column name, or ``None`` for ``1..n`` (row order).
+    modules, params
+        See :func:`measure_crops`.
+    intensity_scale
+        ``"image"``: divide each channel by its image maximum (keeps all 256 texture grey levels in use);
+        ``"dtype"``: by the dtype maximum (CellProfiler's own convention); or a number.
+    edge
+        Crop placement at the border (:func:`stmorph.crops.crop_boxes`; ``"shift"`` as in the study).
+    select
+        Run :func:`~stmorph.features.select_features` (variance, NA, correlation 0.9, blocklist).
+    selection
+        Keyword arguments for :func:`~stmorph.features.select_features`.
+    fill_nan
+        ``"median"``: NaN left after selection is replaced by the feature median, and every replaced value
+        is counted in ``uns[key]["nan_filled"]`` (and warned about); ``None``: NaN stays in ``obsm``.
+    key_added
+        ``obsm`` key; default ``X_cp_<size>``.
+    n_jobs, backend, accelerator
+        Parallelism and cp-measure accelerator, see :func:`measure_crops`.
+    batch_size
+        Cells cropped at once (bounds memory for large crops).
+    copy
+        Return a new sample instead of writing into ``sample.adata``.
+
+    Returns
+    -------
+    ``None`` (in place) or the new :class:`~stmorph.SpatialSample` when ``copy=True``. Writes
+    ``obsm[key]`` (float32), ``uns[key + "_features"]`` (names) and ``uns[key]`` (parameters, dropped features
+    with reasons, NaN counts, timing).
+
+    Examples
+    --------
+    >>> from stmorph.datasets import synthetic_tissue  # doctest: +SKIP
+    >>> sample = synthetic_tissue(n_cells=100, random_state=0)  # doctest: +SKIP
+    >>> cellprofiler_features(sample, size=64)  # doctest: +SKIP
+    >>> sample.adata.obsm["X_cp_64"].shape  # doctest: +SKIP
+    """
+    from ._selection import select_features
+
+    t0 = time.perf_counter()
+    if copy:
+        from ..sample import SpatialSample
+
+        sample = SpatialSample(
+            sample.adata.copy(), sample.molecules, dict(sample.images), sample.pixel_size, sample.name,
+            dict(sample.provenance),
+        )
+    chans = list(sample.channel_names if channels is None else channels)
+    if not chans:
+        raise StmorphInputError("the sample has no stain images", expected="at least one channel in sample.images")
+    missing = [c for c in chans if c not in sample.images]
+    if missing:
+        raise StmorphInputError(f"channels {missing} not in the sample", expected=f"some of {sample.channel_names}")
+    if otsu_channels == ("DAPI",):
+        otsu = [c for c in otsu_channels if c in chans]
+    else:
+        otsu = list(otsu_channels or ())
+    images = [sample.images[c].read() for c in chans]
+    scales = [_channel_scale(im, intensity_scale) for im in images]
+    crop_boxes, crop_stains = _crop_functions()
+    boxes = crop_boxes(sample.centroids, size, images[0].shape, edge=edge)
+    ids = None
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.shape != images[0].shape:
+            raise StmorphInputError(f"label image of shape {masks.shape}", expected=f"the image shape {images[0].shape}")
+        ids = _mask_ids(sample, mask_ids)
+    key = key_added or f"X_cp_{size}"
+    n = sample.n_cells
+    frames = []
+    for b0 in range(0, n, max(1, int(batch_size))):
+        sl = slice(b0, min(n, b0 + int(batch_size)))
+        crops = crop_stains(
+            images, None, size, boxes=boxes[sl], edge=edge, normalize="image",
+            image_range=[(0.0, s if s > 0 else 1.0) for s in scales],
+        )
+        mk = None if masks is None else crop_label_image(masks, boxes[sl], size, ids[sl])  # type: ignore[index]
+        frames.append(
+            measure_crops(
+                crops, chans, mk, modules=modules, otsu_channels=otsu, params=params, n_jobs=n_jobs,
+                backend=backend, accelerator=accelerator, index=sample.cell_ids[sl],
+                progress_desc=f"CellProfiler features {sl.start}-{sl.stop} of {n}",
+            )
+        )
+    df = pd.concat(frames, axis=0)
+    t_measure = time.perf_counter() - t0
+    n_measured = df.shape[1]
+    empty_cells = int(df.isna().all(axis=1).sum())
+    report = None
+    if select:
+        df, report = select_features(df, **(selection or {}))
+    nan_counts = {c: int(v) for c, v in df.isna().sum().items() if v}
+    if fill_nan == "median" and nan_counts:
+        med = df.median(axis=0, skipna=True)
+        df = df.fillna(med).fillna(0.0) if med.isna().any() else df.fillna(med)
+        warnings.warn(
+            f"{sum(nan_counts.values())} undefined CellProfiler values in {len(nan_counts)} features were replaced "
+            f"by the feature median (counts in uns['{key}']['nan_filled'])",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    elif fill_nan not in ("median", None):
+        raise StmorphInputError(f"fill_nan={fill_nan!r}", expected="'median' or None")
+    adata = sample.adata
+    adata.obsm[key] = df.to_numpy(dtype=np.float32)
+    adata.uns[f"{key}_features"] = list(df.columns)
+    info: dict[str, Any] = {
+        "method": "cellprofiler (cp-measure)",
+        "size": int(size),
+        "channels": chans,
+        "otsu_channels": otsu,
+        "modules": list(modules),
+        "params": {k: v for k, v in _merged_params(params).items() if k in modules},
+        "object": "mask" if masks is not None else "grid",
+        "intensity_scale": {c: s for c, s in zip(chans, scales)},
+        "edge": edge,
+        "n_features_measured": int(n_measured),
+        "n_features_kept": int(df.shape[1]),
+        "cells_with_empty_mask": empty_cells,
+        "nan_counts": nan_counts,
+        "nan_filled": nan_counts if fill_nan == "median" else {},
+        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds_measure": round(t_measure, 3),
+    }
+    if report is not None:
+        info["dropped"] = {
+            "feature": report["feature"].tolist(),
+            "reason": report["reason"].tolist(),
+            "detail": report["detail"].tolist(),
+        }
+    adata.uns[key] = info
+    return sample if copy else None

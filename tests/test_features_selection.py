@@ -1,0 +1,98 @@
+"""pycytominer-style feature selection: each rule on data with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stmorph.errors import StmorphInputError
+from stmorph.features import select_features
+
+
+def _reasons(report: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(report["feature"], report["reason"]))
+
+
+def test_each_rule_drops_what_it_should():
+    rng = np.random.default_rng(0)
+    n = 200
+    a = rng.normal(size=n)
+    b = rng.normal(size=n)
+    df = pd.DataFrame(
+        {
+            "a": a,
+            "a_dup": a.copy(),  # exact duplicate
+            "a_close": a + rng.normal(0, 0.1, n),  # r ~ 0.995
+            "a_loose": a + rng.normal(0, 1.0, n),  # r ~ 0.71: kept
+            "b": b,
+            "const": 3.0,
+            "allnan": np.nan,
+            "mostly_nan": np.where(rng.random(n) < 0.3, np.nan, b + rng.normal(size=n)),
+            "few_nan": np.where(np.arange(n) < 4, np.nan, rng.normal(size=n)),  # 2 % missing: kept
+            "rare": np.r_[np.ones(n - 2), [0.0, 2.0]],  # 2nd/1st most common count 1/198 < 0.05
+            "binary": np.r_[np.zeros(n // 2), np.ones(n // 2)],  # 2 unique values / 200 = 0.01: kept (not < 0.01)
+            "Location_Center_X_D": rng.normal(size=n),
+            "inf_col": np.where(np.arange(n) < 30, np.inf, rng.normal(size=n)),
+        }
+    )
+    kept, report = select_features(df)
+    r = _reasons(report)
+    assert r["const"] == "constant"
+    assert r["allnan"] == "all_nan"
+    assert r["mostly_nan"] == "na_fraction"
+    assert r["inf_col"] == "na_fraction"  # inf counts as missing
+    assert r["rare"] == "low_frequency"
+    assert r["Location_Center_X_D"] == "blocklist"
+    # of {a, a_dup, a_close} exactly one survives; the loosely related column stays
+    assert sum(c in kept for c in ("a", "a_dup", "a_close")) == 1
+    assert {r.get(c) for c in ("a", "a_dup", "a_close")} >= {"correlation"}
+    assert {"a_loose", "b", "few_nan", "binary"} <= set(kept.columns)
+    assert len(report) + kept.shape[1] == df.shape[1]
+    assert report["detail"].str.len().gt(0).all()
+    c = np.corrcoef(kept.fillna(kept.median()).to_numpy(), rowvar=False)
+    np.fill_diagonal(c, 0)
+    assert np.abs(c).max() <= 0.9
+
+
+def test_unique_ratio_and_min_variance_and_operations():
+    n = 300
+    df = pd.DataFrame({"two": np.r_[np.zeros(n // 2), np.ones(n // 2)], "x": np.linspace(0, 1e-4, n)})
+    _, report = select_features(df)  # 2 / 300 < 0.01
+    assert _reasons(report) == {"two": "low_frequency"}
+    _, report = select_features(df, min_variance=1e-6, operations=("variance_threshold",))
+    assert _reasons(report)["x"] == "low_variance"
+    kept, report = select_features(df, operations=())
+    assert list(kept.columns) == ["two", "x"] and report.empty
+
+
+def test_correlation_drops_the_more_connected_feature():
+    # caret findCorrelation: of a pair above the cutoff, drop the one with the larger mean |r| to all others
+    rng = np.random.default_rng(1)
+    n = 500
+    z = rng.normal(size=n)
+    hub = z + rng.normal(0, 0.1, n)
+    df = pd.DataFrame({"hub": hub, "leaf": z + rng.normal(0, 0.1, n) * 1.2, "other": 0.5 * hub + rng.normal(size=n)})
+    c = df.corr().abs().to_numpy()
+    np.fill_diagonal(c, 0)
+    mean_abs = dict(zip(df.columns, c.mean(axis=0)))
+    kept, report = select_features(df, operations=("correlation_threshold",))
+    dropped = report["feature"].tolist()
+    assert len(dropped) == 1 and dropped[0] == max(("hub", "leaf"), key=mean_abs.get)
+
+
+def test_all_nan_rows_do_not_count_towards_na_fraction():
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame(rng.normal(size=(20, 3)), columns=list("abc"))
+    df.iloc[:3] = np.nan  # three unmeasured cells (15 %)
+    kept, report = select_features(df)
+    assert list(kept.columns) == ["a", "b", "c"] and report.empty
+
+
+def test_bad_input():
+    with pytest.raises(StmorphInputError, match="non-numeric"):
+        select_features(pd.DataFrame({"a": ["x", "y"]}))
+    with pytest.raises(StmorphInputError, match="operations"):
+        select_features(pd.DataFrame({"a": [1.0, 2.0]}), operations=("nope",))
+    with pytest.raises(StmorphInputError):
+        select_features(np.zeros((3, 3)))
