@@ -35,8 +35,14 @@ def _root(
 
 # one entry per command module (stmorph/cli/_<name>.py with a register(app) function)
 _COMMAND_MODULES = [
+    "_run",  # run, demo
+    "_read",
     "_info",
-    "_run",
+    "_simulate",
+    "_vae",
+    "_features",
+    "_muse",
+    "_evaluate",
 ]
 
 for _mod in _COMMAND_MODULES:

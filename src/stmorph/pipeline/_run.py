@@ -151,7 +151,7 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
     k_eval = stage_key({"evaluate": cfg.evaluate, "label_key": cfg.label_key, "seed": cfg.seed}, k_sample, *[keys[n] for n in order])
 
     def _do_eval(tmp: Path) -> dict[str, Any]:
-        from ..eval import evaluate_study
+        from ._evaluate import evaluate_study
 
         evaluate_study(sample, frames, out=tmp, label_key=cfg.label_key, random_state=cfg.seed, **cfg.evaluate)
         return {}
@@ -171,25 +171,12 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
     rep = cache.run("report", k_report, _do_report)
     timings["report"] = {"seconds": rep.meta.get("seconds"), "cached": rep.cached}
 
-    # 5. publish: copy the final outputs to the top of the output folder (atomic per file)
+    # 5. publish: the report at the top of the output folder, the evaluation's files under evaluation/
     final: dict[str, Any] = {}
-    for src_dir, names in ((rep.path, None), (ev.path, None)):
-        for f in sorted(src_dir.iterdir()):
-            if f.name.startswith("_stage") or (names is not None and f.name not in names):
-                continue
-            dest = outdir / f.name
-            if f.is_dir():
-                tmp = outdir / f".{f.name}.partial"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(f, tmp)
-                shutil.rmtree(dest, ignore_errors=True)
-                tmp.rename(dest)
-            else:
-                tmp = outdir / f".{f.name}.partial"
-                shutil.copy2(f, tmp)
-                tmp.replace(dest)
+    _publish(rep.path, outdir)
+    _publish(ev.path, outdir / "evaluation")
     final["report"] = str(outdir / "report.html")
-    final["summary"] = str(outdir / "summary.json")
+    final["summary"] = str(outdir / "evaluation" / "summary.json")
     kept = {f"sample-{k_sample}", f"evaluate-{k_eval}", f"report-{k_report}", *[f"space_{n}-{keys[n]}" for n in order]}
     stale = cache.prune(kept) if cfg.report.get("prune_stale", True) else []
     if stale:
@@ -198,6 +185,24 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
     (outdir / "timings.json").write_text(json.dumps({"total_seconds": round(total, 2), "stages": timings}, indent=2))
     emit(f"finished in {total:.1f} s; report: {final['report']}")
     return StudyResult(out=str(outdir), stages=timings, total_seconds=total, **final)
+
+
+def _publish(src_dir: Path, dest_dir: Path) -> None:
+    """Copy a finished stage's files into ``dest_dir``, each file or folder replaced in one step."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src_dir.iterdir()):
+        if f.name.startswith("_stage"):
+            continue
+        dest = dest_dir / f.name
+        tmp = dest_dir / f".{f.name}.partial"
+        if f.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(f, tmp)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        else:
+            shutil.copy2(f, tmp)
+            tmp.replace(dest)
 
 
 def _versions() -> dict[str, str]:

@@ -106,12 +106,27 @@ def _counts(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
 
 @space_kind("gene_subset")
 def _gene_subset(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
-    from .. import eval as ev
+    """Counts restricted to a limited gene panel: ``method`` = "pca" (top loadings of the first PCs),
+    "de" (top Wilcoxon gene per label) or "random" (``n_genes``, seeded)."""
+    from ..eval import de_gene_subset, normalize_counts, pca_gene_subset, random_gene_subset
 
+    a = ctx.sample.adata
     method = p.get("method", "pca")
-    genes = ev.select_genes(ctx.sample.adata, method=method, label_key=ctx.label_key, random_state=ctx.seed,
-                            **{k: v for k, v in p.items() if k != "method"})
-    return _normalised_counts(ctx.sample, list(genes))
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    genes = list(a.var_names)
+    if method == "pca":
+        panel = pca_gene_subset(normalize_counts(X), genes, n_pcs=int(p.get("n_pcs", 15)), n_top=int(p.get("n_top", 3)))
+    elif method == "de":
+        lab = ctx.sample.labels(ctx.label_key)
+        if lab is None:
+            raise StmorphInputError("a DE gene panel needs labels", column=ctx.label_key)
+        known = lab.notna().to_numpy()
+        panel = de_gene_subset(normalize_counts(X)[known], genes, lab.astype(str).to_numpy()[known])
+    elif method == "random":
+        panel = random_gene_subset(genes, int(p.get("n_genes", 20)), random_state=ctx.seed)
+    else:
+        raise StmorphInputError(f"unknown gene panel method '{method}'", column="method", expected="pca, de or random")
+    return _normalised_counts(ctx.sample, list(panel))
 
 
 @space_kind("obsm")
@@ -148,35 +163,52 @@ def _table(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
 
 @space_kind("vae")
 def _vae(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
+    """A cell-crop VAE (``preset`` = ls1_cpu ... ls5_cpu or vae1 ... vae5, plus config overrides)."""
     from .. import tl
 
     preset = p.pop("preset", "ls1_cpu")
-    key = f"X_{preset}"
+    key = "X_vae_pipeline"
     tl.train_vae(ctx.sample, preset=preset, key_added=key, device=ctx.device, random_state=ctx.seed,
                  checkpoint_dir=ctx.workdir / "checkpoints", **p)
-    a = ctx.sample.adata
-    emb = a.obsm[key]
-    keep = ~np.isnan(np.asarray(emb, dtype=float)).any(axis=1)
-    return _frame(np.asarray(emb)[keep], a.obs_names[keep], "z")
+    return _obsm_frame(ctx.sample, key if key in ctx.sample.adata.obsm else f"X_{key}", "z")
+
+
+def _obsm_frame(sample: SpatialSample, key: str, prefix: str) -> pd.DataFrame:
+    """An obsm entry as a DataFrame (feature names from a DataFrame or ``uns[f"{key}_features"]``)."""
+    a = sample.adata
+    val = a.obsm[key]
+    if isinstance(val, pd.DataFrame):
+        df = val.copy()
+        df.index = a.obs_names
+    else:
+        names = a.uns.get(f"{key}_features")
+        df = _frame(val, a.obs_names, prefix, None if names is None else [str(n) for n in names])
+    keep = ~df.isna().any(axis=1)
+    return df.loc[keep]
 
 
 @space_kind("cellprofiler")
 def _cellprofiler(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     from .. import features
 
-    return features.cellprofiler_table(ctx.sample, random_state=ctx.seed, **p)
+    p.setdefault("n_jobs", 2)
+    features.cellprofiler_features(ctx.sample, key_added="X_cp_pipeline", **p)
+    return _obsm_frame(ctx.sample, "X_cp_pipeline", "cp")
 
 
 @space_kind("cnn")
 def _cnn(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     from .. import features
 
-    return features.cnn_table(ctx.sample, device=ctx.device, random_state=ctx.seed, **p)
+    features.cnn_features(ctx.sample, key_added="X_cnn_pipeline", device=ctx.device, random_state=ctx.seed, **p)
+    return _obsm_frame(ctx.sample, "X_cnn_pipeline", "cnn")
 
 
 def _upstream_mudata(ctx: SpaceContext, inputs: list[str]):
     import anndata as ad
     import mudata as md
+
+    md.set_options(pull_on_update=False)
 
     if len(inputs) < 2:
         raise StmorphInputError("needs at least two input spaces", column="inputs", expected="inputs = ['A', 'B']")
@@ -203,12 +235,18 @@ def _muse(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     return _frame(mdata.obsm["X_muse"], mdata.obs_names, "muse")
 
 
+_BASELINES = ("concat_pca", "cca", "multiview_ae", "mofa")
+
+
 @space_kind("baseline")
 def _baseline(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
+    """A MUSE baseline over other spaces: ``method`` = concat_pca (``scaling``), cca, multiview_ae or mofa."""
     from .. import tl
 
     inputs = [str(s) for s in p.pop("inputs", [])]
     method = p.pop("method", "concat_pca")
+    if method not in _BASELINES:
+        raise StmorphInputError(f"unknown baseline '{method}'", column="method", expected=f"one of {list(_BASELINES)}")
     mdata = _upstream_mudata(ctx, inputs)
-    key = tl.run_baseline(mdata, method, random_state=ctx.seed, **p)
-    return _frame(mdata.obsm[key], mdata.obs_names, method)
+    getattr(tl, method)(mdata, random_state=ctx.seed, key_added="X_baseline", **p)
+    return _frame(mdata.obsm["X_baseline"], mdata.obs_names, method)

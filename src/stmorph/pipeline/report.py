@@ -122,6 +122,8 @@ def _umaps(frames: dict[str, pd.DataFrame], labels: pd.Series | None, colors: di
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 4.0 * nrow), squeeze=False)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
+    n_cells = max(len(f) for f in frames.values())
+    size = float(np.clip(3000.0 / max(n_cells, 1), 1.0, 12.0))
     for ax, name in zip(axes.ravel(), names, strict=False):
         df = frames[name]
         X = df.to_numpy(np.float32)
@@ -139,9 +141,9 @@ def _umaps(frames: dict[str, pd.DataFrame], labels: pd.Series | None, colors: di
             lab = labels.reindex(df.index).astype(str).to_numpy()
             for lname in sorted(colors):
                 m = lab == lname
-                ax.scatter(u[m, 0], u[m, 1], s=3, c=colors[lname], label=lname, linewidths=0)
+                ax.scatter(u[m, 0], u[m, 1], s=size, c=colors[lname], label=lname, linewidths=0)
         else:
-            ax.scatter(u[:, 0], u[:, 1], s=3, c="0.3")
+            ax.scatter(u[:, 0], u[:, 1], s=size, c="0.3")
         ax.set_title(f"{name} ({df.shape[1]} features)")
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
@@ -234,28 +236,61 @@ def _metric_bars(tab: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _pairwise_heatmaps(eval_dir: Path, figs: _Figures, tables_dir: Path) -> list[str]:
-    """Heatmaps of BH-adjusted pairwise p-values for every ``pairwise_*.csv`` table the evaluation wrote."""
-    parts = []
+def _pairwise_heatmaps(eval_dir: Path, figs: _Figures, tables_dir: Path, spaces: list[str]) -> list[str]:
+    """One grid of heatmaps (one panel per feature space) of BH-adjusted pairwise p-values per test.
+
+    Reads the evaluation's pairwise tables (CSV files named ``pairwise_<test>_<space>.csv`` or similar, with label
+    pair columns and an adjusted p-value column).
+    """
+    by_test: dict[str, dict[str, pd.DataFrame]] = {}
     for f in sorted(eval_dir.rglob("*.csv")):
-        stem = f.stem.lower()
-        if not ("permanova" in stem or "permdisp" in stem):
+        stem = f.stem
+        low = stem.lower()
+        if not ("permanova" in low or "permdisp" in low):
             continue
+        space = next((s for s in sorted(spaces, key=len, reverse=True) if low.endswith("_" + s.lower())), None)
+        if space is None:
+            continue
+        test = stem[: -(len(space) + 1)].replace("pairwise_", "")
         df = pd.read_csv(f)
         cols = {c.lower(): c for c in df.columns}
-        a, b = cols.get("label_a") or cols.get("group1"), cols.get("label_b") or cols.get("group2")
+        a = cols.get("label_a") or cols.get("group1") or cols.get("a")
+        b = cols.get("label_b") or cols.get("group2") or cols.get("b")
         pcol = cols.get("p_adj") or cols.get("padj") or cols.get("q_value") or cols.get("p_value")
         if a is None or b is None or pcol is None:
             continue
         labs = sorted(set(df[a].astype(str)) | set(df[b].astype(str)))
         mat = pd.DataFrame(np.nan, index=labs, columns=labs)
-        for _, row in df.iterrows():
-            mat.loc[str(row[a]), str(row[b])] = row[pcol]
-            mat.loc[str(row[b]), str(row[a])] = row[pcol]
-        name = f.stem
-        parts.append(figs.save(_heatmap(mat, f"{name}: adjusted p-value per label pair", "adjusted p", vmin=0, vmax=0.1,
-                                         cmap="magma", annotate=len(labs) <= 12, fmt="{:.3f}"), f"pairwise_{name}"))
-        mat.to_csv(tables_dir / f"pairwise_matrix_{name}.csv")
+        for ra, rb, pv in zip(df[a].astype(str), df[b].astype(str), df[pcol], strict=True):
+            mat.loc[ra, rb] = pv
+            mat.loc[rb, ra] = pv
+        mat.to_csv(tables_dir / f"pairwise_matrix_{test}_{space}.csv")
+        by_test.setdefault(test, {})[space] = mat
+    parts = []
+    for test, mats in by_test.items():
+        names = [s for s in spaces if s in mats]
+        ncol = min(3, len(names))
+        nrow = int(np.ceil(len(names) / ncol))
+        n_lab = max(m.shape[0] for m in mats.values())
+        side = max(3.2, 0.22 * n_lab + 1.8)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1, side * nrow), squeeze=False)
+        im = None
+        for ax in axes.ravel()[len(names):]:
+            ax.axis("off")
+        for ax, name in zip(axes.ravel(), names, strict=False):
+            m = mats[name]
+            im = ax.imshow(np.ma.masked_invalid(m.to_numpy(float)), cmap="magma", vmin=0, vmax=0.1)
+            ticks = range(m.shape[0])
+            fs = 7 if m.shape[0] <= 20 else 5
+            ax.set_xticks(ticks, m.columns, rotation=90, fontsize=fs)
+            ax.set_yticks(ticks, m.index, fontsize=fs)
+            n_sig = int(np.nansum(np.triu(m.to_numpy(float), 1) < 0.05))
+            n_pairs = m.shape[0] * (m.shape[0] - 1) // 2
+            ax.set_title(f"{name}: {n_sig}/{n_pairs} pairs p_adj < 0.05", fontsize=9)
+        if im is not None:
+            fig.colorbar(im, ax=axes.ravel().tolist(), label="BH-adjusted p (dark = different)", shrink=0.6)
+        fig.suptitle(f"pairwise {test.replace('_', ' ')} per label pair", fontsize=11)
+        parts.append(figs.save(fig, f"pairwise_{test}"))
     return parts
 
 
@@ -338,7 +373,7 @@ def write_report(
                          + f"<p>Overall balanced accuracy: {html.escape(cap)}</p>"))
 
     # pairwise tests
-    pw = _pairwise_heatmaps(eval_dir, figs, tables)
+    pw = _pairwise_heatmaps(eval_dir, figs, tables, list(frames))
     if pw:
         sections.append(("Pairwise PERMANOVA / PERMDISP (BH-adjusted)", "".join(pw)))
 

@@ -1,0 +1,108 @@
+"""The evaluation stage of the study pipeline: align the feature spaces and run :mod:`stmorph.eval`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import StmorphInputError
+from ..sample import SpatialSample
+
+__all__ = ["evaluate_study"]
+
+log = logging.getLogger("stmorph.pipeline")
+
+
+def evaluate_study(
+    sample: SpatialSample,
+    frames: dict[str, pd.DataFrame],
+    *,
+    out: str | PathLike,
+    label_key: str = "cell_type",
+    random_state: int = 0,
+    multiplex: list[list[str]] | None = None,
+    ridge: list[str] | None = None,
+    exclude_labels: list[str] | None = None,
+    figures: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate every feature space on the cells they share and write ``summary.json``, tables and figures.
+
+    Parameters
+    ----------
+    sample
+        The study's sample; labels come from ``sample.adata.obs[label_key]`` and ridge targets from its counts.
+    frames
+        Feature spaces by name (cells x features, indexed by cell id).
+    out
+        Output folder.
+    label_key
+        The label column.
+    random_state
+        Seed of every analysis.
+    multiplex
+        Pairs of space names for multiplex Leiden, e.g. ``[["TC", "LS2"]]``.
+    ridge
+        Space names from which every gene is predicted by ridge regression.
+    exclude_labels
+        Labels whose cells are left out.
+    figures
+        Also draw the evaluation's figures.
+    **options
+        Fields of :class:`stmorph.eval.EvalConfig` (``permutations``, ``n_trees``, ``k_grid``, ...).
+
+    Returns
+    -------
+    The summary dictionary (also written to ``out/summary.json``).
+    """
+    from ..eval import EvalConfig, evaluate_spaces, write_results
+
+    labels = sample.labels(label_key)
+    if labels is None:
+        raise StmorphInputError(f"the sample has no label column '{label_key}'; evaluation needs labels",
+                                column=label_key, expected=f"one of {list(sample.adata.obs.columns)}")
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise StmorphInputError(f"unknown evaluation options {sorted(unknown)}", column="evaluate",
+                                expected=f"fields of stmorph.eval.EvalConfig: {sorted(fields)}")
+    for k in ("k_grid", "resolutions", "multiplex_weights", "permdisp_tests"):
+        if k in options:
+            options[k] = tuple(options[k])
+    cfg = EvalConfig(random_state=random_state, **options)
+
+    labels = labels.dropna().astype(str)
+    if exclude_labels:
+        labels = labels[~labels.isin([str(x) for x in exclude_labels])]
+    common = labels.index
+    for df in frames.values():
+        common = common.intersection(df.index)
+    dropped = {name: int(len(df.index.difference(common))) for name, df in frames.items()}
+    if any(dropped.values()):
+        log.warning("evaluation uses the %d cells shared by all spaces; cells dropped per space: %s", len(common), dropped)
+    if len(common) < 10:
+        raise StmorphInputError(f"only {len(common)} cells are shared by all feature spaces and labelled", expected=">= 10 cells")
+    spaces = {name: df.loc[common] for name, df in frames.items()}
+    pairs = [tuple(map(str, p)) for p in (multiplex or [])]
+    for p in pairs:
+        if len(p) != 2 or any(s not in spaces for s in p):
+            raise StmorphInputError(f"multiplex pair {list(p)} must name two feature spaces", column="evaluate.multiplex",
+                                    expected=f"names among {list(spaces)}")
+    ridge_inputs = {}
+    if ridge:
+        a = sample.adata[common]
+        X = a.X.toarray() if hasattr(a.X, "toarray") else a.X
+        counts = pd.DataFrame(X, index=common, columns=a.var_names)
+        for name in ridge:
+            if name not in spaces:
+                raise StmorphInputError(f"ridge space '{name}' is not a feature space", column="evaluate.ridge",
+                                        expected=f"names among {list(spaces)}")
+            ridge_inputs[name] = counts
+    res = evaluate_spaces(spaces, labels.loc[common], config=cfg, multiplex=pairs, ridge=ridge_inputs)
+    write_results(res, Path(out), figures=figures, extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped}})
+    return res.summary
