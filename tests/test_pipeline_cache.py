@@ -78,3 +78,16 @@ def test_topological_order_and_cycles():
         _topological({"A": {"kind": "muse", "inputs": ["B", "A"]}, "B": {"kind": "counts"}})
     with pytest.raises(StmorphInputError, match="not defined"):
         _topological({"A": {"kind": "muse", "inputs": ["Z", "B"]}, "B": {"kind": "counts"}})
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    from stmorph.pipeline import SPACE_KINDS
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.toml"))
+    assert len(examples) >= 3
+    for f in examples:
+        cfg = load_config(f)
+        assert all(spec["kind"] in SPACE_KINDS for spec in cfg.spaces.values()), f
+        assert _topological(cfg.spaces)

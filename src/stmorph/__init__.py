@@ -22,7 +22,7 @@ from .sample import LABEL_KEY, SpatialSample, StainImage, read_sample
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"io", "datasets", "crops", "tl", "features", "eval", "pl", "pipeline", "models"}
+_SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models"}
 
 __all__ = ["SpatialSample", "StainImage", "StmorphInputError", "read_sample", "LABEL_KEY", "__version__", *sorted(_SUBMODULES)]
 

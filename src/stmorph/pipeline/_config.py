@@ -6,6 +6,7 @@ A configuration has four parts::
     reader = "xenium"         # any name of stmorph.io.available_formats(), "stmorph" (a saved sample) or "synthetic"
     path = "xenium_output"    # relative paths are relative to the config file
     options = { }             # keyword arguments of the reader
+    annotate = { reference = "ref.csv" }   # optional: labels from reference profiles (stmorph.pp)
 
     [spaces.TC]               # one table per feature space; `kind` picks the builder (see SPACE_KINDS)
     kind = "counts"
@@ -115,6 +116,9 @@ def config_from_dict(
         p = Path(str(sample["path"])).expanduser()
         sample["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
     sample.setdefault("options", {})
+    if isinstance(sample.get("annotate"), dict) and sample["annotate"].get("reference"):
+        ref = Path(str(sample["annotate"]["reference"])).expanduser()
+        sample["annotate"] = {**sample["annotate"], "reference": str(ref if ref.is_absolute() else (base_dir / ref).resolve())}
     spaces = raw.get("spaces") or {}
     if not isinstance(spaces, dict) or not spaces:
         raise StmorphInputError("no feature spaces: add at least one [spaces.NAME] table", file=where, column="spaces")

@@ -28,6 +28,7 @@ def evaluate_study(
     multiplex: list[list[str]] | None = None,
     ridge: list[str] | None = None,
     exclude_labels: list[str] | None = None,
+    min_label_size: int | None = None,
     figures: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
@@ -51,6 +52,8 @@ def evaluate_study(
         Space names from which every gene is predicted by ridge regression.
     exclude_labels
         Labels whose cells are left out.
+    min_label_size
+        Labels with fewer cells are left out (default: the number of CV folds, which stratified CV needs).
     figures
         Also draw the evaluation's figures.
     **options
@@ -79,6 +82,12 @@ def evaluate_study(
     labels = labels.dropna().astype(str)
     if exclude_labels:
         labels = labels[~labels.isin([str(x) for x in exclude_labels])]
+    min_size = int(min_label_size if min_label_size is not None else cfg.n_splits)
+    sizes = labels.value_counts()
+    small = sizes[sizes < min_size]
+    if len(small):
+        log.warning("labels with fewer than %d cells left out of the evaluation: %s", min_size, small.to_dict())
+        labels = labels[~labels.isin(small.index)]
     common = labels.index
     for df in frames.values():
         common = common.intersection(df.index)
@@ -104,5 +113,6 @@ def evaluate_study(
                                         expected=f"names among {list(spaces)}")
             ridge_inputs[name] = counts
     res = evaluate_spaces(spaces, labels.loc[common], config=cfg, multiplex=pairs, ridge=ridge_inputs)
-    write_results(res, Path(out), figures=figures, extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped}})
+    write_results(res, Path(out), figures=figures, extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped,
+                                                                "small_labels_left_out": {str(k): int(v) for k, v in small.items()}}})
     return res.summary

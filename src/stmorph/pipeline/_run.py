@@ -31,6 +31,19 @@ class StudyResult(dict):
 
 def load_sample_from_config(section: dict[str, Any], seed: int = 0) -> SpatialSample:
     """Load the sample described by a ``[sample]`` section (``reader``, ``path``, ``options``)."""
+    sample = _read_sample(section, seed)
+    ann = section.get("annotate")
+    if ann:
+        from ..pp import annotate_by_reference
+
+        ann = dict(ann)
+        if "reference" not in ann:
+            raise StmorphInputError("[sample.annotate] needs `reference` (a CSV of reference profiles)", column="sample.annotate.reference")
+        annotate_by_reference(sample.adata, ann.pop("reference"), **ann)
+    return sample
+
+
+def _read_sample(section: dict[str, Any], seed: int) -> SpatialSample:
     reader = str(section["reader"])
     options = dict(section.get("options") or {})
     path = section.get("path")
@@ -114,6 +127,8 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
     # 1. sample
     sample_section = dict(cfg.sample)
     fp = file_fingerprint(sample_section["path"]) if sample_section.get("path") else None
+    if (sample_section.get("annotate") or {}).get("reference"):
+        fp = {"data": fp, "reference": file_fingerprint(sample_section["annotate"]["reference"])}
     k_sample = stage_key({"sample": sample_section, "fingerprint": fp, "seed": cfg.seed})
 
     def _do_sample(tmp: Path) -> dict[str, Any]:
