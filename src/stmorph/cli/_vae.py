@@ -1,0 +1,77 @@
+"""``stmorph vae``: train a cell-crop VAE preset (LS1-LS5) on a sample and write its latent space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("vae")
+    def vae_cmd(
+        sample_path: Path = typer.Argument(..., help="Sample folder (stmorph, or any format stmorph.io.read detects)."),
+        out: Path = typer.Option(
+            ..., "--out", "-o",
+            help="Where to write: a .h5ad file (cells with the latent in obsm) or a sample folder (anything else).",
+        ),
+        preset: str = typer.Option(
+            "ls1_cpu", "--preset", "-p",
+            help="vae1..vae5 (the study's Table 1; ls1..ls5 are aliases) or ls1_cpu..ls5_cpu (small, CPU).",
+        ),
+        channels: str | None = typer.Option(
+            None, "--channels", help="Comma-separated stain channels overriding the preset's, e.g. 'DAPI'."
+        ),
+        epochs: int | None = typer.Option(None, "--epochs", help="Total training epochs (default: the preset's)."),
+        crop_size: int | None = typer.Option(None, "--crop-size", help="Crop side in pixels (>= 63)."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Cells per batch (default: the preset's)."),
+        latent: str = typer.Option(
+            "mean", "--latent", help="'mean' (posterior mean) or 'sample' (one draw per cell, as the study)."
+        ),
+        key_added: str | None = typer.Option(None, "--key-added", help="obsm key X_<key> (default: the preset)."),
+        device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, rotations, noise)."),
+        checkpoint_dir: Path | None = typer.Option(
+            None, "--checkpoint-dir", help="Checkpoint every epoch here; a killed run resumes from it."
+        ),
+        no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh even if a checkpoint exists."),
+        model_dir: Path | None = typer.Option(None, "--model-dir", help="Also save the trained model here."),
+        pixel_size: float | None = typer.Option(None, "--pixel-size", help="Micrometres per pixel for the reader."),
+        origin: tuple[float, float] | None = typer.Option(
+            None, "--origin", help="x y micrometres of pixel (0, 0), for the reader (Xenium crops)."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    ) -> None:
+        """Train a VAE on per-cell crops (spot planes and/or stains) and write one latent vector per cell."""
+        import time
+
+        from .. import io as sio
+        from ..errors import StmorphInputError
+        from ..models.vae import get_preset
+        from ..tl import train_vae
+
+        if out.exists() and not overwrite:
+            raise StmorphInputError("the output exists; pass --overwrite", file=out, expected="a new path")
+        kwargs = {k: v for k, v in (("pixel_size", pixel_size), ("origin", origin)) if v is not None}
+        sample = sio.read(sample_path, **kwargs)
+        ch = None if channels is None else tuple(c.strip() for c in channels.split(",") if c.strip())
+        t0 = time.perf_counter()
+        train_vae(
+            sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=seed,
+            checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
+            crop_size=crop_size, batch_size=batch_size,
+        )
+        key = key_added or get_preset(preset).name
+        if out.suffix == ".h5ad":
+            from .._utils import atomic_path
+
+            with atomic_path(out, suffix=".h5ad") as tmp:
+                sample.adata.write_h5ad(tmp)
+        else:
+            sample.write(out, overwrite=overwrite)
+        info = sample.adata.uns[key]
+        typer.echo(
+            f"{info['preset']}: {info['n_cells_embedded']} cells embedded in obsm['X_{key}'] "
+            f"({info['epochs_trained']} epochs, final loss {info['loss_history'][-1]:.4f}, "
+            f"{time.perf_counter() - t0:.1f} s on {info['device']}) -> {out}"
+        )
