@@ -51,9 +51,9 @@ def test_stain_latent_separates_morphology_only_types_and_spot_latent_expression
     assert bacc_expr > 0.8, bacc_expr  # measured 1.0; chance 0.5; the two types share one morphology
     # double dissociation: each latent sees its own kind of difference better than the other one does
     # (measured: LS1 on the morphology pair 0.63, LS2 on the expression pair 0.43)
-    train_vae(s, "ls1_cpu", cells=s.cell_ids[morph], key_added="ls1_morph", **small)
+    train_vae(s, "ls1_cpu", cells=s.cell_ids[morph], key_added="X_ls1_morph", **small)
     assert _rf_bacc(s.adata.obsm["X_ls1_morph"][morph], y[morph]) < bacc_morph
-    train_vae(s, "ls2_cpu", cells=s.cell_ids[expr], key_added="ls2_expr", **small)
+    train_vae(s, "ls2_cpu", cells=s.cell_ids[expr], key_added="X_ls2_expr", **small)
     assert _rf_bacc(s.adata.obsm["X_ls2_expr"][expr], y[expr]) < bacc_expr
 
 

@@ -138,7 +138,7 @@ def test_train_vae_writes_obsm_and_uns(tissue):
     from stmorph.tl import train_vae
 
     cells = tissue.cell_ids[:30]
-    adata = train_vae(tissue, _cfg("ls1_cpu", epochs=1), cells=cells, key_added="ls1", latent="sample",
+    adata = train_vae(tissue, _cfg("ls1_cpu", epochs=1), cells=cells, key_added="X_ls1", latent="sample",
                       device="cpu", copy=True)
     assert "X_ls1" not in tissue.adata.obsm
     z = adata.obsm["X_ls1"]

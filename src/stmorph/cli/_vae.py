@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         latent: str = typer.Option(
             "mean", "--latent", help="'mean' (posterior mean) or 'sample' (one draw per cell, as the study)."
         ),
-        key_added: str | None = typer.Option(None, "--key-added", help="obsm key X_<key> (default: the preset)."),
+        key_added: str | None = typer.Option(None, "--key-added", help="obsm key of the latent (default: X_<preset>)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
         seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, rotations, noise)."),
         checkpoint_dir: Path | None = typer.Option(
@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
             crop_size=crop_size, batch_size=batch_size,
         )
-        key = key_added or get_preset(preset).name
+        obsm_key = key_added or f"X_{get_preset(preset).name}"
+        key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
         if out.suffix == ".h5ad":
             from .._utils import atomic_path
 
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
             sample.write(out, overwrite=overwrite)
         info = sample.adata.uns[key]
         typer.echo(
-            f"{info['preset']}: {info['n_cells_embedded']} cells embedded in obsm['X_{key}'] "
+            f"{info['preset']}: {info['n_cells_embedded']} cells embedded in obsm['{obsm_key}'] "
             f"({info['epochs_trained']} epochs, final loss {info['loss_history'][-1]:.4f}, "
             f"{time.perf_counter() - t0:.1f} s on {info['device']}) -> {out}"
         )

@@ -170,7 +170,7 @@ def _vae(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     key = "X_vae_pipeline"
     tl.train_vae(ctx.sample, preset=preset, key_added=key, device=ctx.device, random_state=ctx.seed,
                  checkpoint_dir=ctx.workdir / "checkpoints", **p)
-    return _obsm_frame(ctx.sample, key if key in ctx.sample.adata.obsm else f"X_{key}", "z")
+    return _obsm_frame(ctx.sample, key, "z")
 
 
 def _obsm_frame(sample: SpatialSample, key: str, prefix: str) -> pd.DataFrame:

@@ -47,7 +47,8 @@ def train_vae(
         ``"vae1"``-``"vae5"`` (the study's Table 1; ``"ls1"``-``"ls5"`` are aliases), ``"ls1_cpu"``-``"ls5_cpu"``
         (64-pixel crops, minutes on a laptop) or a :class:`~stmorph.models.vae.VAEConfig`.
     key_added
-        Latent written to ``obsm["X_<key_added>"]`` and parameters to ``uns[key_added]``; default the preset name.
+        The ``obsm`` key of the latent (default ``"X_<preset>"``); the parameters go to ``uns`` under the same
+        name without its ``X_`` prefix.
     latent
         ``"mean"`` (posterior mean) or ``"sample"`` (one seeded draw per cell, what the study exported).
     channels
@@ -97,7 +98,8 @@ def train_vae(
         raise StmorphInputError(f"latent={latent!r}", expected="'mean' or 'sample'")
     cfg = get_preset(preset, channels=None if channels is None else tuple(channels), seed=int(random_state),
                      **config_overrides)
-    key = key_added or cfg.name
+    obsm_key = key_added or f"X_{cfg.name}"
+    key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
     t0 = time.perf_counter()
     model = CropVAE(cfg)
     model.train(sample, cells=cells, max_epochs=max_epochs, device=device, checkpoint_dir=checkpoint_dir,
@@ -111,7 +113,7 @@ def train_vae(
     adata = sample.adata.copy() if copy else sample.adata
     full = np.full((adata.n_obs, cfg.latent_dim), np.nan, dtype=np.float32)
     full[np.asarray(ds.cell_positions)] = z
-    adata.obsm[f"X_{key}"] = full
+    adata.obsm[obsm_key] = full
     adata.uns[key] = {
         "method": "cell-crop VAE (Moser, Hamid, Cimini 2025)",
         "preset": cfg.name,
