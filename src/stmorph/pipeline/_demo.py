@@ -22,7 +22,7 @@ def demo_config(*, seed: int = 0, n_cells: int | None = None) -> dict[str, Any]:
     seed
         Seed of the simulation and of every model.
     n_cells
-        Number of simulated cells (default 500).
+        Number of simulated cells (default 400).
 
     Examples
     --------
@@ -34,14 +34,14 @@ def demo_config(*, seed: int = 0, n_cells: int | None = None) -> dict[str, Any]:
         "seed": seed,
         "sample": {
             "reader": "synthetic",
-            "options": {"n_cells": n_cells or 500, "n_types": 6, "n_genes": 60, "name": "synthetic_tissue"},
+            "options": {"n_cells": n_cells or 400, "n_types": 6, "n_genes": 60, "name": "synthetic_tissue"},
         },
         "spaces": {
             "TC": {"kind": "counts"},
             "TC_pca_panel": {"kind": "gene_subset", "method": "pca"},
-            "LS1": {"kind": "vae", "preset": "ls1_cpu"},
-            "LS2": {"kind": "vae", "preset": "ls2_cpu"},
-            "LS5": {"kind": "vae", "preset": "ls5_cpu"},
+            "LS1": {"kind": "vae", "preset": "ls1_cpu", "epochs": 6},
+            "LS2": {"kind": "vae", "preset": "ls2_cpu", "epochs": 10},
+            "LS5": {"kind": "vae", "preset": "ls5_cpu", "epochs": 6},
             "CP": {"kind": "cellprofiler", "size": 64},
             "MUSE_TC_LS2": {"kind": "muse", "inputs": ["TC", "LS2"], "preset": "fast"},
             "concat_TC_LS2": {"kind": "baseline", "method": "concat_pca", "inputs": ["TC", "LS2"]},
