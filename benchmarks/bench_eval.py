@@ -1,7 +1,7 @@
 """Benchmark of stmorph.eval against scikit-bio, and the real-data run on the MERFISH ileum.
 
     python benchmarks/bench_eval.py                 # pairwise PERMANOVA/PERMDISP vs scikit-bio (5,000 x 50, 19 labels)
-    python benchmarks/bench_eval.py --skbio-disp-pairs 6   # PERMDISP reference measured on 6 pairs (it is slow)
+    python benchmarks/bench_eval.py --skbio-disp-pairs 8   # PERMDISP reference timed on 8 size-stratified pairs
     python benchmarks/bench_eval.py --ileum [--n-trees 1000]  # the study's analyses on ../shared/data/merfish_ileum
 
 Prints tables (wall seconds and process CPU seconds; CPU time is the fairer figure on a shared machine).
@@ -10,7 +10,6 @@ Prints tables (wall seconds and process CPU seconds; CPU time is the fairer figu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from itertools import combinations
@@ -37,6 +36,10 @@ def _synthetic(n=5000, d=50, g=19, seed=0):
     return X, np.array([f"L{i:02d}" for i in lab])
 
 
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 def bench_stats(args) -> None:
     from scipy.spatial.distance import pdist, squareform
     from skbio import DistanceMatrix
@@ -49,69 +52,82 @@ def bench_stats(args) -> None:
     Z = zscore(X)
     cats = np.unique(lab)
     pairs = list(combinations(cats, 2))
-    print(f"data: {X.shape[0]} x {X.shape[1]}, {cats.size} labels, {len(pairs)} pairs, {args.permutations} permutations")
+    print(f"data: {X.shape[0]} x {X.shape[1]}, {cats.size} labels, {len(pairs)} pairs, {args.permutations} permutations;"
+          f" {_load()}; wall and process CPU seconds (CPU counts all threads)")
     pairwise_permanova(Z[:200], lab[:200], permutations=9, standardize=False)  # warm-up (numba kernel cache)
     ours, w_o, c_o = _timed(lambda: pairwise_permanova(Z, lab, permutations=args.permutations, standardize=False))
+    rows = [("stmorph pairwise_permanova", w_o, c_o, _load())]
     D = squareform(pdist(Z))
-    rows = [("stmorph pairwise_permanova", w_o, c_o, 1.0)]
     Fref = {}
-    for engine in ("cython", "numba"):
+    for engine in (None, "numba"):
         def run(engine=engine):
             for a, b in pairs:
                 sel = np.flatnonzero((lab == a) | (lab == b))
                 dm = DistanceMatrix(D[np.ix_(sel, sel)], validate=False)
                 r = sk_permanova(dm, lab[sel], permutations=args.permutations, seed=0, engine=engine)
                 Fref[(engine, a, b)] = r["test statistic"]
-        if engine == "numba":
-            sel = np.flatnonzero(np.isin(lab, cats[:2]))
-            sk_permanova(DistanceMatrix(D[np.ix_(sel, sel)], validate=False), lab[sel], permutations=9, engine="numba")
+        sel = np.flatnonzero(np.isin(lab, cats[:2]))  # warm-up (numba compilation)
+        sk_permanova(DistanceMatrix(D[np.ix_(sel, sel)], validate=False), lab[sel], permutations=9, engine=engine)
         _, w, c = _timed(run)
-        rows.append((f"scikit-bio permanova ({engine})", w, c, w / w_o))
+        rows.append((f"scikit-bio permanova ({engine or 'default = cython'})", w, c, _load()))
     f_ours = dict(zip(zip(ours.group1, ours.group2), ours.statistic))
-    rel = max(abs(f_ours[(a, b)] - Fref[("cython", a, b)]) / Fref[("cython", a, b)] for a, b in pairs)
-    print("\nPairwise PERMANOVA")
-    print(f"{'method':36s} {'wall s':>8s} {'cpu s':>8s} {'x slower than stmorph (wall)':>30s}")
-    for name, w, c, r in rows:
-        print(f"{name:36s} {w:8.2f} {c:8.2f} {r:30.1f}")
-    print(f"max relative |F_stmorph - F_skbio| over {len(pairs)} pairs: {rel:.2e}")
+    for engine in (None, "numba"):
+        rel = max(abs(f_ours[(a, b)] - Fref[(engine, a, b)]) / Fref[(engine, a, b)] for a, b in pairs)
+        assert rel < 1e-8, f"F differs from scikit-bio ({engine}): {rel}"
+    print("\nPairwise PERMANOVA (171 pairs): equal F asserted (max rel diff < 1e-8)")
+    print(f"{'method':40s} {'wall s':>8s} {'cpu s':>8s} {'x stmorph wall':>15s} {'x stmorph cpu':>14s}  load after")
+    for name, w, c, ld in rows:
+        print(f"{name:40s} {w:8.2f} {c:8.2f} {w / w_o:15.1f} {c / c_o:14.1f}  {ld}")
 
-    print("\nPairwise PERMDISP (full rank: scikit-bio dimensions = d)")
-    sub = pairs[:: max(1, len(pairs) // args.skbio_disp_pairs)][: args.skbio_disp_pairs]
-    sel_lab = np.isin(lab, np.unique(np.ravel(sub)))
-    print(f"{'method':44s} {'pairs':>5s} {'wall s':>8s} {'cpu s':>8s} {'s/pair':>8s}")
+    print("\nPairwise PERMDISP, full rank (scikit-bio dimensions = d = 50; its default 10 changes the statistic)")
+    # scikit-bio is slow here: time a size-stratified subset of pairs (quantiles of pair size), fit
+    # t = a * n^b per implementation and extrapolate to all pairs; the ratio on the same pairs is measured directly
+    npair = {(a, b): int(((lab == a) | (lab == b)).sum()) for a, b in pairs}
+    by_size = sorted(pairs, key=npair.get)
+    q = np.linspace(0, len(by_size) - 1, args.skbio_disp_pairs).round().astype(int)
+    sub = [by_size[i] for i in q]
+    sizes_all = np.array([npair[p] for p in pairs], float)
+    print(f"subset: {len(sub)} pairs, sizes {[npair[p] for p in sub]}")
+    print(f"{'method':46s} {'pairs':>5s} {'wall s':>8s} {'cpu s':>8s}  note")
     for test in ("centroid", "median"):
-        full, w_full, c_full = _timed(lambda test=test: pairwise_permdisp(Z, lab, test=test,
-                                                                          permutations=args.permutations,
-                                                                          standardize=False))
-        print(f"{'stmorph pairwise_permdisp ' + test:44s} {len(pairs):5d} {w_full:8.2f} {c_full:8.2f} "
-              f"{w_full / len(pairs):8.3f}")
-        # the same subset of pairs for both implementations
-        ours_sub = {}
-        w_os = c_os = 0.0
-        for a, b in sub:
-            s = (lab == a) | (lab == b)
-            r, w, c = _timed(lambda s=s, test=test: pairwise_permdisp(Z[s], lab[s], test=test,
-                                                                      permutations=args.permutations,
-                                                                      standardize=False, n_jobs=1))
-            ours_sub[(a, b)] = float(r.statistic.iloc[0])
-            w_os += w
-            c_os += c
-        w_s = c_s = 0.0
-        relmax = 0.0
-        for a, b in sub:
-            sel = np.flatnonzero((lab == a) | (lab == b))
-            dm = DistanceMatrix(D[np.ix_(sel, sel)], validate=False)
-            r, w, c = _timed(lambda dm=dm, sel=sel, test=test: sk_permdisp(
-                dm, lab[sel], test=test, permutations=args.permutations, seed=0, dimensions=Z.shape[1],
-                warn_neg_eigval=False))
-            w_s += w
-            c_s += c
-            relmax = max(relmax, abs(ours_sub[(a, b)] - r["test statistic"]) / abs(r["test statistic"]))
-        print(f"{'stmorph (same pairs, 1 thread)':44s} {len(sub):5d} {w_os:8.2f} {c_os:8.2f} {w_os / len(sub):8.3f}")
-        print(f"{'scikit-bio permdisp ' + test + ' (cython)':44s} {len(sub):5d} {w_s:8.2f} {c_s:8.2f} "
-              f"{w_s / len(sub):8.3f}   -> {w_s / w_os:.1f}x slower (wall), {c_s / c_os:.1f}x (cpu); "
-              f"max rel F diff {relmax:.1e}")
-    del sel_lab
+        pairwise_permdisp(Z[:200], lab[:200], test=test, permutations=9, standardize=False)  # warm-up
+        full, w_full, c_full = _timed(lambda test=test: pairwise_permdisp(
+            Z, lab, test=test, permutations=args.permutations, standardize=False))
+        print(f"{'stmorph pairwise_permdisp ' + test:46s} {len(pairs):5d} {w_full:8.2f} {c_full:8.2f}  "
+              f"measured, all pairs, 2 threads, {_load()}")
+        res = {}
+        for impl in ("stmorph", "skbio", "skbio-numba"):
+            ts, cs, fs = [], [], {}
+            if impl == "skbio-numba":
+                sel = np.flatnonzero(np.isin(lab, cats[:2]))
+                sk_permdisp(DistanceMatrix(D[np.ix_(sel, sel)], validate=False), lab[sel], test=test, permutations=9,
+                            dimensions=Z.shape[1], warn_neg_eigval=False, engine="numba")
+            for a, b in sub:
+                s = (lab == a) | (lab == b)
+                sel = np.flatnonzero(s)
+                if impl == "stmorph":
+                    r, w, c = _timed(lambda s=s, test=test: pairwise_permdisp(
+                        Z[s], lab[s], test=test, permutations=args.permutations, standardize=False, n_jobs=1))
+                    fs[(a, b)] = float(r.statistic.iloc[0])
+                else:
+                    dm = DistanceMatrix(D[np.ix_(sel, sel)], validate=False)
+                    r, w, c = _timed(lambda dm=dm, sel=sel, test=test, impl=impl: sk_permdisp(
+                        dm, lab[sel], test=test, permutations=args.permutations, seed=0, dimensions=Z.shape[1],
+                        warn_neg_eigval=False, engine="numba" if impl == "skbio-numba" else None))
+                    fs[(a, b)] = float(r["test statistic"])
+                ts.append(w)
+                cs.append(c)
+            n_sub = np.array([npair[p] for p in sub], float)
+            slope, icpt = np.polyfit(np.log(n_sub), np.log(np.maximum(cs, 1e-4)), 1)
+            est = float(np.exp(icpt) * (sizes_all ** slope).sum())
+            res[impl] = (sum(ts), sum(cs), est, fs)
+            print(f"{impl + ' ' + test + ' (same pairs, 1 thread)':46s} {len(sub):5d} {sum(ts):8.2f} {sum(cs):8.2f}  "
+                  f"cpu ~ n^{slope:.2f}; extrapolated to {len(pairs)} pairs: {est:.1f} s CPU; {_load()}")
+        for impl in ("skbio", "skbio-numba"):
+            rel = max(abs(res["stmorph"][3][p] - res[impl][3][p]) / abs(res[impl][3][p]) for p in sub)
+            print(f"  {impl}: {res[impl][0] / res['stmorph'][0]:.1f}x slower (wall), {res[impl][1] / res['stmorph'][1]:.1f}x "
+                  f"(cpu) on the same pairs; extrapolated 171-pair CPU {res[impl][2]:.0f} s vs stmorph measured "
+                  f"{c_full:.1f} s CPU = {res[impl][2] / c_full:.0f}x; max rel F diff {rel:.1e}")
 
 
 def bench_ileum(args) -> None:
@@ -145,7 +161,7 @@ def bench_ileum(args) -> None:
     for k, g in subsets.items():
         idx = [genes.index(x) for x in g]
         spaces[f"TC_{k}"] = TC[:, idx]
-    cfg = EvalConfig(n_trees=args.n_trees, permdisp_tests=("median",))
+    cfg = EvalConfig(n_trees=args.n_trees, rf_max_samples=args.rf_max_samples)
     mx = [("TC", "stain")] + [(f"TC_{k}", "stain") for k in subsets]
     res, w, c = _timed(lambda: evaluate_spaces(spaces, y, config=cfg, multiplex=mx,
                                                ridge={"stain": tabs["counts"]}))
@@ -155,8 +171,9 @@ def bench_ileum(args) -> None:
 
     write_results(res, out, extra={"cells": rep, "gene_subsets": subsets})
     s = res.summary
-    print(f"\nileum evaluation: {w:.0f} s wall, {c:.0f} s cpu; per-analysis: "
-          + json.dumps({k: round(v, 1) for k, v in res.timings.items()}))
+    print(f"\nileum evaluation: {w:.0f} s wall, {c:.0f} s cpu, {_load()} at the end; per analysis (wall / cpu s):")
+    for k in [k for k in res.timings if not k.endswith(" cpu")]:
+        print(f"  {k:28s} {res.timings[k]:8.1f} {res.timings[k + ' cpu']:8.1f}")
     print(f"\n{'space':14s} {'BA':>6s} {'min label BA':>14s} {'PERMANOVA sig':>14s} {'PERMDISP sig':>13s} "
           f"{'k':>3s} {'res':>5s} {'ncl':>4s} {'sil':>6s} {'homog':>6s} {'compl':>6s} {'AMI':>6s} {'ARI':>6s}")
     for k, v in s["feature_spaces"].items():
@@ -168,6 +185,8 @@ def bench_ileum(args) -> None:
               f"{v['permdisp']['n_significant']:>9d}/{v['permdisp']['n_pairs']} {cl['k']:3d} {cl['resolution']:5.2f} "
               f"{cl['n_clusters']:4d} {cl['silhouette']:6.3f} {cl['homogeneity']:6.3f} {cl['completeness']:6.3f} "
               f"{cl['ami']:6.3f} {cl['ari']:6.3f}")
+    for k in s["multiplex"]:
+        print(f"\nmultiplex grid {k}:\n" + res.tables[f"multiplex_grid_{k}"].round(4).to_string())
     for k, v in s["multiplex"].items():
         print(f"{k + ' (mx)':14s} w={v['weight']:.1f} ncl={v['n_clusters']} sil={v['silhouette']:.3f} "
               f"homog={v['homogeneity']:.3f} compl={v['completeness']:.3f} AMI={v['ami']:.3f} ARI={v['ari']:.3f}")
@@ -186,10 +205,11 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     ap.add_argument("--out", default="/tmp/stmorph_eval_ileum")
     ap.add_argument("--n-trees", type=int, default=1000)
+    ap.add_argument("--rf-max-samples", type=float, default=None)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--d", type=int, default=50)
     ap.add_argument("--permutations", type=int, default=999)
-    ap.add_argument("--skbio-disp-pairs", type=int, default=6)
+    ap.add_argument("--skbio-disp-pairs", type=int, default=8)
     args = ap.parse_args()
     if args.ileum:
         bench_ileum(args)

@@ -88,6 +88,48 @@ def test_geometric_median_matches_skbio_kernel():
         np.testing.assert_allclose(g, np.asarray(geomedian_axis_one(X[m].T)), atol=1e-6)
 
 
+@pytest.mark.parametrize("test", ["centroid", "median"])
+def test_permdisp_fast_null_equals_exact_null(test):
+    """The float32/loose-tolerance null re-checks near ties exactly: same p-value as the all-exact null."""
+    from stmorph.eval import _stats
+
+    X, lab = _data((60, 90), d=8, seed=5)
+    X[:60] *= 1.15
+    for seed in range(3):
+        fast = permdisp(X, lab, test=test, permutations=299, random_state=seed)
+        exact = permdisp(X, lab, test=test, permutations=299, random_state=seed, fast=False)
+        assert fast.statistic == exact.statistic
+        assert fast.pvalue == exact.pvalue
+    # the fast null itself agrees with the exact kernel far inside the re-check band
+    Xc = X - X.mean(axis=0)
+    codes = (lab == lab[0]).astype(np.int64)
+    sizes = np.bincount(codes).astype(float)
+    pc = _stats._permuted_codes(codes, 200, np.random.default_rng(0))
+    sq = np.einsum("ij,ij->i", Xc, Xc)
+    F0 = _stats._permdisp_f(Xc, sq, pc, sizes, test, 1e-7)
+    F1 = _stats._permdisp_f_fast(Xc, pc, sizes, test, _stats._DISP_FAST_RTOL * np.sqrt(sq.mean()))
+    assert np.max(np.abs(F1 - F0) / np.maximum(1.0, F0)) < _stats._DISP_BAND / 20
+    # numba kernel == numpy/BLAS fallback path (three groups)
+    X3, lab3 = _data((20, 25, 30), d=5, seed=6)
+    X3c = X3 - X3.mean(axis=0)
+    c3 = np.unique(lab3, return_inverse=True)[1].astype(np.int64)
+    pc3 = _stats._permuted_codes(c3, 50, np.random.default_rng(1))
+    s3 = np.bincount(c3).astype(float)
+    sq3 = np.einsum("ij,ij->i", X3c, X3c)
+    kern = _stats._nb_permdisp_f
+    try:
+        _stats._nb_permdisp_f = None
+        ref = _stats._permdisp_f(X3c, sq3, pc3, s3, test, 1e-7)
+    finally:
+        _stats._nb_permdisp_f = kern
+    np.testing.assert_allclose(_stats._permdisp_f(X3c, sq3, pc3, s3, test, 1e-7), ref, rtol=1e-6)
+    # three groups through the fast null as well
+    X3[:20] *= 1.3
+    a = permdisp(X3, lab3, test=test, permutations=199, random_state=2)
+    b = permdisp(X3, lab3, test=test, permutations=199, random_state=2, fast=False)
+    assert (a.statistic, a.pvalue) == (b.statistic, b.pvalue)
+
+
 def test_bh_matches_statsmodels():
     from statsmodels.stats.multitest import multipletests
 

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
 
+from stmorph.errors import StmorphInputError
 from stmorph.eval import (
     EvalConfig,
     cluster_metrics,
@@ -16,6 +18,7 @@ from stmorph.eval import (
     de_gene_subset,
     evaluate_spaces,
     hungarian_jaccard,
+    knn_graph,
     latent_f_tests,
     leiden_tune,
     multiplex_leiden,
@@ -92,6 +95,51 @@ def test_leiden_tune_and_multiplex(blobs):
     mx = multiplex_leiden(X, noise, k=(res.k, 15), resolution=(res.resolution, 1.0), weights=(0.2, 0.5, 0.9))
     assert mx.weight == pytest.approx(0.9)
     assert adjusted_rand_score(y, mx.clusters) > 0.8
+
+
+def test_leiden_igraph_backend_and_guard(blobs):
+    X, y = blobs
+    res = leiden_tune(X, k_grid=(15,), resolutions=(0.5, 1.0), backend="igraph")
+    assert adjusted_rand_score(y, res.clusters) > 0.9
+    with pytest.raises(StmorphInputError):
+        leiden_tune(X, k_grid=(15,), resolutions=(0.5,), backend="louvain")
+    cfg = EvalConfig(leiden_backend="igraph", run_permanova=False, run_permdisp=False, run_classification=False)
+    with pytest.raises(StmorphInputError):
+        evaluate_spaces({"A": X, "B": X[:, ::-1]}, y.astype(str), config=cfg, multiplex=[("A", "B")])
+
+
+def test_multiplex_optimiser_equals_muon_with_weights():
+    """Our multiplex call = muon.tl.leiden with edge weights on the same (doubled-edge) graphs."""
+    import warnings
+
+    import anndata as ad
+    import mudata as md
+    from sklearn.datasets import make_blobs
+
+    from stmorph.eval._cluster import _leiden_multiplex
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import muon as mu
+        from scanpy._utils import get_igraph_from_adjacency
+
+    X, _ = make_blobs(150, centers=4, random_state=3)
+    Y = np.random.default_rng(3).normal(size=(150, 5))
+    graphs = [knn_graph(X, 10), knn_graph(Y, 10)]
+    mods = {}
+    for name, G in zip(("a", "b"), graphs):
+        a = ad.AnnData(np.zeros((150, 0), dtype=np.float32))
+        a.obsp["connectivities"] = G
+        a.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+        mods[name] = a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData(mods)
+        mu.tl.leiden(mdata, resolution={"a": 0.8, "b": 0.5}, mod_weights={"a": 0.7, "b": 0.3}, random_state=3,
+                     key_added="mx", directed=False, partition_kwargs={"weights": "weight"})
+    igs = [get_igraph_from_adjacency(G, directed=False) for G in graphs]
+    ours = _leiden_multiplex(igs, (0.8, 0.5), (0.7, 0.3), random_state=3)
+    assert adjusted_rand_score(mdata.obs["mx"].astype(str), ours.astype(str)) == 1.0
 
 
 @pytest.mark.slow

@@ -37,8 +37,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output folder (summary.json, tables/, figures/)."),
         permutations: int = typer.Option(999, "--permutations", help="Permutations per pairwise test."),
         n_trees: int = typer.Option(1000, "--n-trees", help="Random-forest trees (study: 1000)."),
+        rf_max_samples: float = typer.Option(None, "--rf-max-samples", help="Bootstrap fraction per tree (default: "
+                                             "full size, the study's). 0.1 is ~4x faster but changes the accuracies."),
         permdisp_test: list[str] = typer.Option(["median", "centroid"], "--permdisp-test",
                                                 help="PERMDISP centre(s): median and/or centroid; repeatable."),
+        leiden_backend: str = typer.Option("leidenalg", "--leiden-backend", help="Leiden optimiser for the tuning: "
+                                           "leidenalg (default, = the multiplex optimiser) or igraph (~15x faster; "
+                                           "not with --multiplex)."),
         seed: int = typer.Option(0, "--seed", help="Random seed for every analysis."),
         no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
     ) -> None:
@@ -97,7 +102,8 @@ def register(app: typer.Typer) -> None:
             a, b = m.split("+", 1)
             pairs.append((a, b))
         cfg = EvalConfig(permutations=permutations, n_trees=n_trees, random_state=seed,
-                         permdisp_tests=tuple(permdisp_test))
+                         permdisp_tests=tuple(permdisp_test), rf_max_samples=rf_max_samples,
+                         leiden_backend=leiden_backend)
         spaces = {k: v for k, v in aligned.items() if k != "__counts__"}
         ridge_in = {name: aligned["__counts__"] for name in ridge}
         res = evaluate_spaces(spaces, lab, config=cfg, multiplex=pairs, ridge=ridge_in)

@@ -46,6 +46,7 @@ def rf_classification(
     n_splits: int = 5,
     class_weight: str | None = "balanced",
     max_features: str | float | None = "sqrt",
+    max_samples: float | None = None,
     scale: bool = True,
     random_state: int = 0,
     n_jobs: int | None = -1,
@@ -67,6 +68,9 @@ def rf_classification(
         ``"balanced"`` (study) or None.
     max_features
         Features tried per split (sklearn default ``"sqrt"``).
+    max_samples
+        Bootstrap sample size per tree as a fraction of the training fold (``None``: the full size, sklearn's
+        default and the study's setting). Smaller samples make each tree cheaper (see :class:`EvalConfig`).
     scale
         Standardise features with a scaler fitted on each training fold.
     random_state
@@ -114,6 +118,7 @@ def rf_classification(
             n_estimators=n_trees,
             class_weight=class_weight,
             max_features=max_features,
+            max_samples=max_samples,
             n_jobs=n_jobs,
             random_state=random_state + i,
         )
@@ -123,7 +128,8 @@ def rf_classification(
         recalls.append(recall_score(yc[te], pred, labels=codes, average=None, zero_division=0))
         bas.append(balanced_accuracy_score(yc[te], pred))
         conf += confusion_matrix(yc[te], pred, labels=codes)
-    params = dict(n_trees=n_trees, n_splits=n_splits, class_weight=class_weight, max_features=max_features, scale=scale,
+    params = dict(n_trees=n_trees, n_splits=n_splits, class_weight=class_weight, max_features=max_features,
+                  max_samples=max_samples, scale=scale,
                   random_state=random_state)
     return ClassificationResult(
         balanced_accuracy=float(np.mean(bas)),

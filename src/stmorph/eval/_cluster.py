@@ -141,7 +141,7 @@ def cluster_metrics(
     Examples
     --------
     >>> m = cluster_metrics(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2]))
-    >>> m["homogeneity"], round(m["completeness"], 3)
+    >>> round(m["homogeneity"], 3), round(m["completeness"], 3)
     (1.0, 0.667)
     """
     from sklearn.metrics import (
@@ -225,27 +225,64 @@ def knn_graph(X: np.ndarray, k: int, *, random_state: int = 0):
 
 
 def _to_igraph(G):
+    """Weighted undirected igraph of a symmetric sparse graph (one edge per neighbour pair)."""
     import igraph as ig
 
+    G = G.tocsr()
     sources, targets = G.nonzero()
     mask = sources < targets
-    g = ig.Graph(n=G.shape[0], edges=np.column_stack([sources[mask], targets[mask]]).tolist(), directed=False)
-    g.es["weight"] = np.asarray(G[sources[mask], targets[mask]]).ravel().tolist()
+    g = ig.Graph(n=G.shape[0], edges=np.column_stack([sources[mask], targets[mask]]), directed=False)
+    g.es["weight"] = np.asarray(G[sources[mask], targets[mask]]).ravel()
     return g
 
 
-def _leiden(g, resolution: float, random_state: int) -> np.ndarray:
-    """igraph's Leiden (modularity with resolution = RBConfiguration), seeded as scanpy does."""
-    import random
+def _leiden_multiplex(graphs, resolutions, weights, random_state: int, n_iterations: int = 2) -> np.ndarray:
+    """leidenalg's multiplex optimiser over RB-configuration partitions (one per layer), with edge weights.
 
-    import igraph as ig
+    This is what ``muon.tl.leiden`` runs (same partitions, optimiser and layer weights), except that muon builds
+    its partitions without ``weights=`` unless ``partition_kwargs={"weights": "weight"}`` is passed, so by
+    default it clusters the *unweighted* kNN graphs, and muon lists every edge twice (same objective up to a
+    factor, but a different optimisation path). Here the connectivities are used, as in the single-space Leiden.
+    """
+    import leidenalg as la
 
-    ig.set_random_number_generator(random.Random(random_state))
-    try:
-        part = g.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
-                                  n_iterations=2)
-    finally:
-        ig.set_random_number_generator(random)
+    parts = [la.RBConfigurationVertexPartition(g, weights="weight", resolution_parameter=float(r))
+             for g, r in zip(graphs, resolutions)]
+    opt = la.Optimiser()
+    opt.set_rng_seed(int(random_state))  # always seeded (muon seeds only a non-zero random_state)
+    opt.optimise_partition_multiplex(parts, layer_weights=[float(w) for w in weights], n_iterations=n_iterations)
+    return np.asarray(parts[0].membership)
+
+
+def _leiden(g, resolution: float, random_state: int, backend: str = "leidenalg") -> np.ndarray:
+    """Single-space Leiden (RB configuration = modularity with resolution, edge weights).
+
+    ``"leidenalg"`` (default): the optimiser of the multiplex (:func:`_leiden_multiplex`) and of scanpy's leidenalg
+    flavour, so a resolution tuned here means the same there. ``"igraph"``: igraph's ``community_leiden``, measured
+    ~15-20x faster (0.04 vs 0.5-1.4 s per run on the ileum) and reaching a slightly higher quality, but with more
+    clusters at the same resolution (ileum TC, k=10, res 0.2: 11 vs 5), so its resolutions do not transfer to the
+    multiplex optimiser (that mismatch made TC+stain collapse to 3 clusters); use it only without multiplex.
+    """
+    if backend == "igraph":
+        import random
+
+        import igraph as ig
+
+        ig.set_random_number_generator(random.Random(random_state))
+        try:
+            part = g.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
+                                      n_iterations=2)
+        finally:
+            ig.set_random_number_generator(random)
+        return np.asarray(part.membership)
+    if backend != "leidenalg":
+        raise StmorphInputError(f"leiden backend {backend!r}", expected="'leidenalg' or 'igraph'")
+    import leidenalg as la
+
+    part = la.RBConfigurationVertexPartition(g, weights="weight", resolution_parameter=float(resolution))
+    opt = la.Optimiser()
+    opt.set_rng_seed(int(random_state))
+    opt.optimise_partition(part, n_iterations=2)
     return np.asarray(part.membership)
 
 
@@ -284,6 +321,7 @@ def leiden_tune(
     random_state: int = 0,
     D: np.ndarray | None = None,
     show_progress: bool | None = None,
+    backend: str = "leidenalg",
 ) -> LeidenResult:
     """Leiden clustering with ``k`` and resolution chosen by the highest silhouette among grids with >= ``min_clusters``.
 
@@ -306,6 +344,9 @@ def leiden_tune(
         Optional precomputed Euclidean distance matrix of ``X``.
     show_progress
         Progress bar over the grid.
+    backend
+        ``"leidenalg"`` (default; the multiplex optimiser) or ``"igraph"`` (~15x faster; its resolutions do not
+        transfer to :func:`multiplex_leiden`).
 
     Returns
     -------
@@ -331,7 +372,7 @@ def leiden_tune(
         if k not in graphs:
             graphs[k] = knn_graph(X, k, random_state=random_state)
             igs[k] = _to_igraph(graphs[k])
-        cl = _leiden(igs[k], r, random_state)
+        cl = _leiden(igs[k], r, random_state, backend)
         n_cl = int(np.unique(cl).size)
         sil = silhouette(X, cl, D=D)
         rows.append({"k": int(k), "resolution": float(r), "n_clusters": n_cl, "silhouette": sil,
@@ -384,10 +425,13 @@ def multiplex_leiden(
     D: tuple | None = None,
     show_progress: bool | None = None,
 ) -> MultiplexResult:
-    """Multiplex Leiden (muon's ``mu.tl.leiden``) of two spaces, modality weight chosen by mean silhouette.
+    """Multiplex Leiden (muon's multiplex optimiser) of two spaces, modality weight chosen by mean silhouette.
 
     Each space keeps its own tuned ``k`` (kNN graph) and resolution; the weight ``w`` of space 1 (``1 - w`` for
     space 2) is chosen by the mean of the two spaces' silhouettes among weights giving >= ``min_clusters``.
+    The optimisation equals ``muon.tl.leiden(mdata, resolution=..., mod_weights=..., partition_kwargs={"weights":
+    "weight"})`` (muon's default drops the edge weights); the single-space Leiden of :func:`leiden_tune` uses
+    the same optimiser (leidenalg), so the inherited resolutions mean the same thing.
 
     Parameters
     ----------
@@ -422,13 +466,7 @@ def multiplex_leiden(
     >>> res.weight
     0.5
     """
-    import anndata as ad
-    import mudata as md
     from sklearn.metrics import pairwise_distances
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import muon as mu
 
     X1 = np.asarray(X1, dtype=np.float64)
     X2 = np.asarray(X2, dtype=np.float64)
@@ -438,24 +476,11 @@ def multiplex_leiden(
         graphs = (knn_graph(X1, k[0], random_state=random_state), knn_graph(X2, k[1], random_state=random_state))
     if D is None:
         D = (pairwise_distances(X1), pairwise_distances(X2))
-    mods = {}
-    for name, G in zip(("s1", "s2"), graphs):
-        a = ad.AnnData(np.zeros((X1.shape[0], 0), dtype=np.float32))
-        a.obsp["connectivities"] = G
-        a.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
-        mods[name] = a
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mdata = md.MuData(mods)
+    igs = [_to_igraph(G) for G in graphs]
     rows, results = [], {}
     disable = None if show_progress is None else not show_progress
     for w in progress(list(weights), desc="multiplex weights", disable=disable):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mu.tl.leiden(mdata, resolution={"s1": resolution[0], "s2": resolution[1]},
-                         mod_weights={"s1": float(w), "s2": 1.0 - float(w)}, random_state=random_state,
-                         key_added="mx", directed=False, n_iterations=2)
-        cl = mdata.obs["mx"].astype(str).to_numpy()
+        cl = _leiden_multiplex(igs, resolution, (float(w), 1.0 - float(w)), random_state).astype(str)
         n_cl = int(np.unique(cl).size)
         s1, s2 = silhouette(X1, cl, D=D[0]), silhouette(X2, cl, D=D[1])
         rows.append({"weight": float(w), "n_clusters": n_cl, "silhouette_1": s1, "silhouette_2": s2,
