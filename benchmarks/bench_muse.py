@@ -60,21 +60,32 @@ def run_methods(md, seed: int, presets: list[str], threads: int, baselines: bool
     if not baselines:
         return res
 
-    def score(name, emb):
-        res[name] = {"ari": _ari(truth, phenograph_leiden(emb, k=30, random_state=seed))}
+    def score(name, fn):
+        t, c = time.perf_counter(), time.process_time()
+        emb = fn()
+        labels = phenograph_leiden(emb, k=30, random_state=seed)
+        res[name] = {"ari": _ari(truth, labels), "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
 
     for m, x in zip(md.mod, xs):
-        score(f"PCA {m}", bl.pca_arrays(x, 100, random_state=seed))
+        score(f"PCA {m}", lambda x=x: bl.pca_arrays(x, 100, random_state=seed))
     for scaling in ("standard", "minmax", "quantile"):
-        score(f"concat+PCA ({scaling})", bl.concat_pca_arrays(xs, scaling, 100, random_state=seed))
-    u, v, _ = bl.cca_arrays(xs[0], xs[1], 20)
-    score("CCA", np.hstack([u, v]))
+        score(f"concat+PCA ({scaling})", lambda sc=scaling: bl.concat_pca_arrays(xs, sc, 100, random_state=seed))
+    score("CCA (20 pairs)", lambda: np.hstack(bl.cca_arrays(xs[0], xs[1], 20)[:2]))
     work = md.copy()
-    bl.multiview_ae(work, random_state=seed, n_threads=threads)
-    score("multi-view AE", work.obsm["X_mvae"])
+
+    def mvae():
+        bl.multiview_ae(work, random_state=seed, n_threads=threads)
+        return work.obsm["X_mvae"]
+
+    score("multi-view AE (no triplet)", mvae)
     try:
-        bl.mofa(work, n_factors=20, random_state=seed)
-        score("MOFA+", work.obsm["X_mofa"])
+        import mofapy2  # noqa: F401
+
+        def mofa():
+            bl.mofa(work, n_factors=20, random_state=seed)
+            return work.obsm["X_mofa"]
+
+        score("MOFA+ (20 factors)", mofa)
     except ImportError:
         pass
     return res
@@ -87,24 +98,40 @@ def table(rows: dict[str, list[float]], title: str, cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _warmup(threads: int) -> None:
+    """One tiny MUSE run so that imports and first-call set-up are not charged to the first timed seed."""
+    from stmorph.datasets import simulate_multimodal
+    from stmorph.models.muse import muse_fit_predict
+
+    md = simulate_multimodal(n_clusters=4, n_cells=200, n_features=(50, 50), random_state=0)
+    muse_fit_predict([md[m].X for m in md.mod], n_epochs_warmup=1, n_epochs_triplet_init=1, n_epochs=1,
+                     n_threads=threads)
+
+
 def section_demo(args) -> str:
     from stmorph.datasets import simulate_multimodal
 
+    _warmup(args.threads)
     per: dict[str, list] = {}
+    loads = []
     for s in args.seeds:
         md = simulate_multimodal(random_state=s)
         for name, r in run_methods(md, s, args.presets, args.threads, not args.no_baselines).items():
             per.setdefault(name, []).append(r)
-        print(f"seed {s}: " + ", ".join(f"{k}={v[-1]['ari']:.3f}" for k, v in per.items()), flush=True)
+        loads.append(os.getloadavg()[0])
+        print(f"seed {s} (load {loads[-1]:.1f}): "
+              + ", ".join(f"{k}={v[-1]['ari']:.3f} ({v[-1]['cpu_s']:.1f} CPU s, {v[-1]['wall_s']:.1f} wall s)"
+                          for k, v in per.items()), flush=True)
     rows = {}
     for name, rs in per.items():
         a = np.array([r["ari"] for r in rs])
-        t = [r["wall_s"] for r in rs if "wall_s" in r]
-        c = [r["cpu_s"] for r in rs if "cpu_s" in r]
-        rows[name] = [f"{a.mean():.3f} +- {a.std():.3f}", " ".join(f"{x:.2f}" for x in a),
-                      f"{np.mean(t):.1f}" if t else "", f"{np.mean(c):.1f}" if c else ""]
-    return table(rows, f"Demo setting (10 clusters, 1000 cells, 500+500 features), seeds {args.seeds}",
-                 ["ARI mean +- sd", "per seed", "wall s/run", "CPU s/run"])
+        t = [r["wall_s"] for r in rs]
+        c = [r["cpu_s"] for r in rs]
+        rows[name] = [f"{a.mean():.3f} +- {a.std(ddof=1) if a.size > 1 else 0.0:.3f}", " ".join(f"{x:.3f}" for x in a),
+                      f"{np.mean(c):.1f} ({np.min(c):.1f}-{np.max(c):.1f})", f"{np.mean(t):.1f}"]
+    return table(rows, f"Demo setting (10 clusters, 1000 cells, 500+500 features), seeds {args.seeds}, "
+                 f"{args.threads} thread(s), 1-min load during the seeds {min(loads):.1f}-{max(loads):.1f}",
+                 ["ARI mean +- sd", "per seed", "CPU s/run mean (min-max)", "wall s/run"])
 
 
 def section_sweep(args, param: str, values: list[float]) -> str:
@@ -118,10 +145,11 @@ def section_sweep(args, param: str, values: list[float]) -> str:
             md = simulate_multimodal(random_state=s, **kw)
             for name, r in run_methods(md, s, args.presets, args.threads, not args.no_baselines).items():
                 per.setdefault(name, []).append(r["ari"])
+            print(f"{param}={v} seed {s} (load {os.getloadavg()[0]:.1f}): "
+                  + ", ".join(f"{k}={a[-1]:.3f}" for k, a in per.items()), flush=True)
         for name, a in per.items():
-            rows.setdefault(name, []).append(f"{np.mean(a):.3f}")
-        print(f"{param}={v}: " + ", ".join(f"{k}={np.mean(a):.3f}" for k, a in per.items()), flush=True)
-    return table(rows, f"ARI over {param} (seeds {args.seeds})", [f"{param}={v}" for v in values])
+            rows.setdefault(name, []).append(f"{np.mean(a):.3f} +- {np.std(a, ddof=1) if len(a) > 1 else 0.0:.3f}")
+    return table(rows, f"ARI (mean +- sd) over {param} (seeds {args.seeds})", [f"{param}={v}" for v in values])
 
 
 def _scaling_child(n: int, threads: int, preset: str) -> None:
@@ -140,6 +168,7 @@ def _scaling_child(n: int, threads: int, preset: str) -> None:
         "cpu_s": time.process_time() - c,
         "timings": out["timings"],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "load_end": os.getloadavg(),
     }
     print("RESULT " + json.dumps(rec), flush=True)
 
@@ -157,10 +186,11 @@ def section_scaling(args) -> str:
         t = r["timings"]
         rows[f"{n} cells"] = [f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{t['initial_labels']:.1f}",
                               f"{t['training']:.1f}", f"{t['final_clustering']:.1f}", f"{r['peak_rss_gb']:.2f}",
-                              f"{r['ari']:.3f}"]
+                              f"{r['ari']:.3f}", f"{r['load_end'][1]:.1f}"]
         print(f"n={n}: {r}", flush=True)
     return table(rows, f"Scaling (500+500 features, preset {args.presets[0]}, {args.threads} thread(s))",
-                 ["wall s", "CPU s", "initial labels s", "training s", "final clustering s", "peak RSS GB", "ARI"])
+                 ["wall s", "CPU s", "initial labels s (wall)", "training s (wall)", "final clustering s (wall)",
+                  "peak RSS GB", "ARI", "5-min load at end"])
 
 
 def main() -> None:
@@ -169,6 +199,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     ap.add_argument("--presets", nargs="*", default=["fast"], help="MUSE presets to run (fast, reference)")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (1 is fastest on a busy machine)")
+    ap.add_argument("--merge-values", type=float, nargs="*", default=[0.3, 0.5, 0.7, 0.9])
+    ap.add_argument("--decay-values", type=float, nargs="*", default=[0.1, 0.5, 1.0],
+                    help="transcript dropout decay (dropout prob. exp(-decay x^2): smaller = more dropout)")
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -182,9 +215,9 @@ def main() -> None:
     if "demo" in sections:
         out.append(section_demo(args))
     if "merge" in sections:
-        out.append(section_sweep(args, "merge_prob", [0.3, 0.5, 0.7, 0.9]))
+        out.append(section_sweep(args, "merge_prob", args.merge_values))
     if "dropout" in sections:
-        out.append(section_sweep(args, "transcript decay", [0.05, 0.1, 0.5, 1.0]))
+        out.append(section_sweep(args, "transcript decay", args.decay_values))
     if "scaling" in sections:
         out.append(section_scaling(args))
     print(f"\nload average at end: {os.getloadavg()}")

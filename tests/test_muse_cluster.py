@@ -66,3 +66,24 @@ def test_bad_input():
         phenograph_leiden(np.array([[0.0, np.nan], [1, 1], [2, 2]]))
     with pytest.raises(StmorphInputError, match="method"):
         phenograph_leiden(np.zeros((5, 2)), method="kmeans")
+
+
+def test_leiden_matches_leidenalg_modularity():
+    # igraph's C Leiden (used for speed) must find partitions as good as leidenalg's on the same graph
+    import igraph as ig
+    import leidenalg
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    centers = rng.normal(0, 2.0, size=(6, 10))
+    X = np.vstack([c + rng.normal(0, 1.0, size=(80, 10)) for c in centers])  # overlapping blobs
+    W = sp.triu(jaccard_graph(knn_indices(X, k=20)), k=1).tocoo()
+    g = ig.Graph(n=X.shape[0], edges=np.column_stack([W.row, W.col]))
+    w = W.data.astype(float)
+    ref = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights=w.tolist(),
+                                   resolution_parameter=1.0, seed=0, n_iterations=-1)
+    ours = phenograph_leiden(X, k=20, random_state=0)
+    q_ref = g.modularity(ref.membership, weights=w)
+    q_ours = g.modularity(ours.tolist(), weights=w)
+    assert q_ours == pytest.approx(q_ref, abs=0.01)
+    assert adjusted_rand_score(ref.membership, ours) > 0.8

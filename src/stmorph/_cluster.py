@@ -3,9 +3,10 @@
 PhenoGraph (Levine et al. 2015) connects every cell to its ``k`` nearest neighbours, weights each edge by the
 Jaccard index of the two neighbour sets and partitions the (symmetrised) graph by modularity. This module
 re-implements that recipe on top of scikit-learn (neighbour search), scipy (sparse products) and
-igraph/leidenalg (community detection), seeded and without the ``phenograph`` package.
+igraph (Leiden / Louvain community detection), seeded and without the ``phenograph`` package.
 
-Scaling: the neighbour search is exact (scikit-learn, chunked brute force or trees); the Jaccard weights are
+Scaling: the neighbour search is exact (scikit-learn) up to 50,000 cells and approximate (pynndescent's
+NN-descent) above, unless asked otherwise; the Jaccard weights are
 computed only on the ``n * k`` graph edges, in row blocks, so memory stays ``O(n k^2 / n_blocks)``.
 """
 
@@ -19,10 +20,21 @@ import scipy.sparse as sp
 
 from .errors import StmorphInputError
 
-__all__ = ["knn_indices", "jaccard_graph", "phenograph_leiden"]
+__all__ = ["APPROX_KNN_MIN_CELLS", "knn_indices", "jaccard_graph", "phenograph_leiden"]
 
 
-def knn_indices(X: np.ndarray, k: int = 30, *, n_jobs: int | None = None) -> np.ndarray:
+#: Above this many rows :func:`knn_indices` switches (``approximate=None``) from exact search to NN-descent.
+APPROX_KNN_MIN_CELLS = 50_000
+
+
+def knn_indices(
+    X: np.ndarray,
+    k: int = 30,
+    *,
+    n_jobs: int | None = None,
+    approximate: bool | None = None,
+    random_state: int = 0,
+) -> np.ndarray:
     """Indices of the ``k`` nearest neighbours of every row (self excluded), Euclidean distance.
 
     Parameters
@@ -32,7 +44,13 @@ def knn_indices(X: np.ndarray, k: int = 30, *, n_jobs: int | None = None) -> np.
     k
         Number of neighbours; capped at ``n - 1``.
     n_jobs
-        Threads for scikit-learn's search (``None``: scikit-learn's default).
+        Threads for the search (``None``: the library's default).
+    approximate
+        Use approximate NN-descent (pynndescent) instead of the exact search (scikit-learn). ``None``:
+        exact up to :data:`APPROX_KNN_MIN_CELLS` rows, approximate above (the exact all-pairs search is
+        ``O(n^2 d)``: about 5 CPU s at 20,000 x 128 and ~25x that at 100,000).
+    random_state
+        Seed of NN-descent.
 
     Returns
     -------
@@ -44,15 +62,23 @@ def knn_indices(X: np.ndarray, k: int = 30, *, n_jobs: int | None = None) -> np.
     >>> knn_indices(X, k=1).ravel().tolist()
     [1, 0, 3, 2]
     """
-    from sklearn.neighbors import NearestNeighbors
-
-    X = np.asarray(X, dtype=np.float32)
+    X = np.ascontiguousarray(X, dtype=np.float32)
     n = X.shape[0]
     k = int(min(k, n - 1))
     if k < 1:
         raise StmorphInputError(f"need at least 2 rows to build a neighbour graph, got {n}", expected=">= 2 cells")
-    nn = NearestNeighbors(n_neighbors=k + 1, n_jobs=n_jobs).fit(X)
-    _, idx = nn.kneighbors(X)
+    if approximate is None:
+        approximate = n > APPROX_KNN_MIN_CELLS
+    if approximate:
+        from pynndescent import NNDescent
+
+        index = NNDescent(X, n_neighbors=k + 1, random_state=int(random_state), n_jobs=n_jobs or 1,
+                          low_memory=True, compressed=True)
+        idx = index.neighbor_graph[0]
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        _, idx = NearestNeighbors(n_neighbors=k + 1, n_jobs=n_jobs).fit(X).kneighbors(X)
     # drop self; with duplicated points self may not be in column 0, so remove it explicitly per row
     rows = np.arange(n)[:, None]
     is_self = idx == rows
@@ -121,6 +147,7 @@ def phenograph_leiden(
     *,
     n_jobs: int | None = None,
     n_iterations: int = -1,
+    approximate: bool | None = None,
 ) -> np.ndarray:
     """Cluster the rows of ``X`` PhenoGraph-style: Jaccard kNN graph + Leiden (or Louvain) modularity.
 
@@ -135,11 +162,15 @@ def phenograph_leiden(
     random_state
         Seed of the community detection.
     method
-        ``"leiden"`` (leidenalg) or ``"louvain"`` (igraph's multilevel, PhenoGraph's default algorithm).
+        ``"leiden"`` (igraph's Leiden, modularity objective) or ``"louvain"`` (igraph's multilevel,
+        PhenoGraph's default algorithm).
     n_jobs
         Threads for the neighbour search.
     n_iterations
         Leiden iterations; ``-1`` runs until the partition is stable.
+    approximate
+        Approximate neighbour search (see :func:`knn_indices`; ``None``: only above
+        :data:`APPROX_KNN_MIN_CELLS` cells).
 
     Returns
     -------
@@ -165,27 +196,25 @@ def phenograph_leiden(
     n = X.shape[0]
     if n <= 2:
         return np.zeros(n, dtype=np.int64)
-    idx = knn_indices(X, k=k, n_jobs=n_jobs)
+    idx = knn_indices(X, k=k, n_jobs=n_jobs, approximate=approximate, random_state=random_state)
     W = sp.triu(jaccard_graph(idx), k=1).tocoo()
-    g = ig.Graph(n=n, edges=np.column_stack([W.row, W.col]).tolist(), directed=False)
-    weights = W.data.astype(float).tolist()
-    if method == "leiden":
-        import leidenalg
-
-        part = leidenalg.find_partition(
-            g,
-            leidenalg.RBConfigurationVertexPartition,
-            weights=weights,
-            resolution_parameter=float(resolution),
-            seed=int(random_state),
-            n_iterations=n_iterations,
-        )
-        labels = np.asarray(part.membership)
-    else:
-        ig.set_random_number_generator(random.Random(int(random_state)))
-        try:
+    g = ig.Graph(n=n, edges=np.column_stack([W.row, W.col]), directed=False)
+    weights = W.data.astype(np.float64)
+    # igraph's own C implementations of Leiden and Louvain, seeded through igraph's RNG. Measured on the
+    # MUSE demo data (1,000 cells, k=30): the same partitions / modularity as leidenalg's
+    # RBConfigurationVertexPartition in 5 of 6 cases (equal modularity to 3 decimals in all 6), 13-20x
+    # faster (15 ms vs 0.2-0.45 s CPU per call); MUSE clusters ~11 times per run.
+    ig.set_random_number_generator(random.Random(int(random_state)))
+    try:
+        if method == "leiden":
+            comm = g.community_leiden(
+                objective_function="modularity",
+                weights=weights,
+                resolution=float(resolution),
+                n_iterations=n_iterations,
+            )
+        else:
             comm = g.community_multilevel(weights=weights, resolution=float(resolution))
-        finally:
-            ig.set_random_number_generator(random)
-        labels = np.asarray(comm.membership)
-    return _relabel_by_size(labels)
+    finally:
+        ig.set_random_number_generator(random)
+    return _relabel_by_size(np.asarray(comm.membership))
