@@ -226,6 +226,38 @@ def finalize_matrix(m: Any) -> Any:
     return m if n <= DENSE_LIMIT else sp.csr_matrix(m)
 
 
+def unassign_unknown_cells(
+    mol: pd.DataFrame,
+    assigned: pd.Index,
+    cells: pd.Index,
+    *,
+    report: Report,
+    file: Path,
+    column: str,
+    what: str = "molecule",
+) -> None:
+    """Reconcile the molecule table's cell ids with a cell table, in place.
+
+    Molecules of cells absent from the cell table become unassigned (counted in ``report``); an error is raised
+    when no assigned cell id is in the cell table at all (a mismatched id format, usually).
+    """
+    unknown = assigned.difference(cells)
+    if len(assigned) and len(unknown) == len(assigned):
+        raise StmorphInputError(
+            f"no {what} cell id is in the cell table (e.g. {assigned[:3].tolist()} vs {cells[:3].tolist()})",
+            file=file,
+            column=column,
+            expected=f"the cell ids of the {what} table",
+        )
+    if len(unknown):
+        lost = mol["cell_id"].isin(unknown).fillna(False).to_numpy(bool)
+        report.warn(
+            "molecules_of_unknown_cells", int(lost.sum()),
+            f"{int(lost.sum())} {what}s are assigned to {len(unknown)} cells absent from {file.name}; unassigned",
+        )
+        mol.loc[lost, "cell_id"] = pd.NA
+
+
 def centroids_from_molecules(mol: pd.DataFrame, cells: pd.Index) -> np.ndarray:
     """Mean molecule position per cell, (n_cells, 2) ``[x, y]``; NaN for cells without molecules."""
     ci = cells.get_indexer(mol["cell_id"].astype("string").fillna("\x00__none__"))

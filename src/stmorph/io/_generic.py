@@ -31,6 +31,7 @@ from ._common import (
     read_table,
     require_columns,
     restrict_genes,
+    unassign_unknown_cells,
 )
 
 __all__ = ["read_generic", "read_merscope", "read_cosmx", "PRESETS", "detect_merscope", "detect_cosmx"]
@@ -245,21 +246,7 @@ def read_generic(
         cx, cy = to_px(ctab[cell_columns["x"]].to_numpy(np.float64), ctab[cell_columns["y"]].to_numpy(np.float64))
         centroids = np.column_stack([cx, cy])
         obs = ctab.drop(columns=[c for c in (id_col,) if c in ctab.columns])
-        unknown = assigned.difference(cell_index)
-        if len(assigned) and len(unknown) == len(assigned):
-            raise StmorphInputError(
-                f"no molecule cell id is in the cell table (e.g. {assigned[:3].tolist()} vs {cell_index[:3].tolist()})",
-                file=cfile,
-                column=id_col,
-                expected="the cell ids of the molecule table",
-            )
-        if len(unknown):
-            lost = mol["cell_id"].isin(unknown).fillna(False).to_numpy(bool)
-            report.warn(
-                "molecules_of_unknown_cells", int(lost.sum()),
-                f"{int(lost.sum())} molecules are assigned to {len(unknown)} cells absent from {cfile.name}; unassigned",
-            )
-            mol.loc[lost, "cell_id"] = pd.NA
+        unassign_unknown_cells(mol, assigned, cell_index, report=report, file=cfile, column=id_col)
         files["cells"] = str(cfile)
     else:
         cell_index = assigned

@@ -32,6 +32,7 @@ from ._common import (
     require_columns,
     restrict_genes,
     to_bool,
+    unassign_unknown_cells,
 )
 
 __all__ = ["read_xenium", "detect_xenium", "XENIUM_DEFAULT_PIXEL_SIZE"]
@@ -187,21 +188,7 @@ def read_xenium(
             [(ctab["x_centroid"].to_numpy(np.float64) - ox) / pixel_size, (ctab["y_centroid"].to_numpy(np.float64) - oy) / pixel_size]
         )
         obs = ctab
-        unknown = assigned.difference(cells)
-        if len(unknown) == len(assigned) and len(assigned):
-            raise StmorphInputError(
-                f"no transcript cell id is in the cell table (e.g. {assigned[:3].tolist()} vs {cells[:3].tolist()})",
-                file=cells_file,
-                column="cell_id",
-                expected="the cell ids of the transcripts",
-            )
-        if len(unknown):
-            lost = mol["cell_id"].isin(unknown).fillna(False).to_numpy(bool)
-            report.warn(
-                "molecules_of_unknown_cells", int(lost.sum()),
-                f"{int(lost.sum())} transcripts are assigned to {len(unknown)} cells absent from {cells_file.name}; unassigned",
-            )
-            mol.loc[lost, "cell_id"] = pd.NA
+        unassign_unknown_cells(mol, assigned, cells, report=report, file=cells_file, column="cell_id", what="transcript")
         files["cells"] = str(cells_file)
     else:
         cells = assigned
