@@ -86,17 +86,17 @@ def _frame(X: Any, index: pd.Index, prefix: str, names: list[str] | None = None)
 
 
 def _normalised_counts(sample: SpatialSample, genes: list[str] | None = None) -> pd.DataFrame:
-    import scanpy as sc
+    """Counts (optionally of ``genes`` only) scaled to the median total and log1p (:func:`stmorph.eval.normalize_counts`)."""
+    from ..eval import normalize_counts
 
-    a = sample.adata.copy()
+    a = sample.adata
     if genes is not None:
         missing = [g for g in genes if g not in a.var_names]
         if missing:
             raise StmorphInputError(f"genes not in the sample: {missing[:10]}", column="genes", expected="names in adata.var_names")
-        a = a[:, list(genes)].copy()
-    sc.pp.normalize_total(a, target_sum=None)
-    sc.pp.log1p(a)
-    return _frame(a.X, a.obs_names, "", list(a.var_names))
+        a = a[:, list(genes)]
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    return _frame(normalize_counts(X), a.obs_names, "", list(a.var_names))
 
 
 @space_kind("counts")
