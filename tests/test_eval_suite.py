@@ -95,6 +95,13 @@ def test_leiden_tune_and_multiplex(blobs):
     mx = multiplex_leiden(X, noise, k=(res.k, 15), resolution=(res.resolution, 1.0), weights=(0.2, 0.5, 0.9))
     assert mx.weight == pytest.approx(0.9)
     assert adjusted_rand_score(y, mx.clusters) > 0.8
+    # worker processes change nothing: every run is seeded on its own
+    serial = leiden_tune(X, k_grid=(10, 20), resolutions=(0.05, 0.5, 1.0), min_clusters=5, n_jobs=1)
+    pd.testing.assert_frame_equal(serial.grid, res.grid)
+    np.testing.assert_array_equal(serial.clusters, res.clusters)
+    mx1 = multiplex_leiden(X, noise, k=(res.k, 15), resolution=(res.resolution, 1.0), weights=(0.2, 0.5, 0.9),
+                           n_jobs=1)
+    pd.testing.assert_frame_equal(mx1.grid, mx.grid)
 
 
 def test_leiden_igraph_backend_and_guard(blobs):

@@ -2,7 +2,7 @@
 
 * statistics: :func:`permanova`, :func:`permdisp`, :func:`pairwise_permanova`, :func:`pairwise_permdisp`
   (Euclidean, no n x n distance matrix), :func:`benjamini_hochberg`
-* classification: :func:`rf_classification`
+* classification: :func:`rf_classification` (random forest: :func:`forest_predict_proba`)
 * clustering: :func:`leiden_tune`, :func:`multiplex_leiden`, :func:`cluster_metrics`, :func:`silhouette`,
   :func:`hungarian_jaccard`
 * genes: :func:`ridge_gene_prediction`, :func:`latent_f_tests`, gene subsets (:func:`pca_gene_subset`,
@@ -30,6 +30,7 @@ from ._evaluate import (
     read_feature_table,
     write_results,
 )
+from ._forest import forest_predict_proba
 from ._genes import (
     de_gene_subset,
     latent_f_tests,
@@ -79,6 +80,7 @@ __all__ = [
     "random_gene_subset",
     "read_feature_table",
     "rf_classification",
+    "forest_predict_proba",
     "ridge_gene_prediction",
     "silhouette",
     "wilcoxon_scores",

@@ -51,6 +51,7 @@ def rf_classification(
     random_state: int = 0,
     n_jobs: int | None = -1,
     show_progress: bool | None = None,
+    backend: str = "stmorph",
 ) -> ClassificationResult:
     """Random forest with stratified k-fold CV; scaling is fitted inside each training fold (no leakage).
 
@@ -79,6 +80,10 @@ def rf_classification(
         Parallel jobs for the forest (-1: all cores).
     show_progress
         Show a progress bar over folds (``None``: follow ``STMORPH_PROGRESS``).
+    backend
+        ``"stmorph"`` (default): the numba forest of :func:`stmorph.eval.forest_predict_proba`, the same
+        algorithm as sklearn's with other random numbers, ~5x less CPU per tree (ileum stain space: 6.4 vs 31 ms
+        per tree on one core) and parallel over trees; ``"sklearn"``: ``RandomForestClassifier``.
 
     Returns
     -------
@@ -95,8 +100,12 @@ def rf_classification(
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from ._forest import forest_predict_proba
+
+    if backend not in ("stmorph", "sklearn"):
+        raise StmorphInputError(f"random-forest backend {backend!r}", expected="'stmorph' or 'sklearn'")
 
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(labels).astype(str)
@@ -114,23 +123,24 @@ def rf_classification(
     codes = np.arange(cats.size)
     disable = None if show_progress is None else not show_progress
     for i, (tr, te) in enumerate(progress(folds, desc="RF folds", disable=disable)):
-        rf = RandomForestClassifier(
-            n_estimators=n_trees,
-            class_weight=class_weight,
-            max_features=max_features,
-            max_samples=max_samples,
-            n_jobs=n_jobs,
-            random_state=random_state + i,
-        )
-        model = make_pipeline(StandardScaler(), rf) if scale else rf
-        model.fit(X[tr], yc[tr])
-        pred = model.predict(X[te])
+        Xtr, Xte = X[tr], X[te]
+        if scale:
+            scaler = StandardScaler().fit(Xtr)
+            Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
+        if backend == "stmorph":
+            proba = forest_predict_proba(Xtr, yc[tr], Xte, n_trees=n_trees, max_features=max_features,
+                                         class_weight=class_weight, random_state=random_state + i, n_jobs=n_jobs,
+                                         max_samples=max_samples)
+            pred = proba.argmax(axis=1)
+        else:
+            rf = RandomForestClassifier(n_estimators=n_trees, class_weight=class_weight, max_features=max_features,
+                                        max_samples=max_samples, n_jobs=n_jobs, random_state=random_state + i)
+            pred = rf.fit(Xtr, yc[tr]).predict(Xte)
         recalls.append(recall_score(yc[te], pred, labels=codes, average=None, zero_division=0))
         bas.append(balanced_accuracy_score(yc[te], pred))
         conf += confusion_matrix(yc[te], pred, labels=codes)
     params = dict(n_trees=n_trees, n_splits=n_splits, class_weight=class_weight, max_features=max_features,
-                  max_samples=max_samples, scale=scale,
-                  random_state=random_state)
+                  max_samples=max_samples, scale=scale, random_state=random_state, backend=backend)
     return ClassificationResult(
         balanced_accuracy=float(np.mean(bas)),
         per_label=pd.Series(np.mean(recalls, axis=0), index=cats, name="balanced_accuracy"),

@@ -224,16 +224,51 @@ def knn_graph(X: np.ndarray, k: int, *, random_state: int = 0):
     return G
 
 
-def _to_igraph(G):
-    """Weighted undirected igraph of a symmetric sparse graph (one edge per neighbour pair)."""
-    import igraph as ig
-
+def _edges(G) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(n, edges (m, 2), weights (m,))`` of a symmetric sparse graph, one edge per neighbour pair."""
     G = G.tocsr()
     sources, targets = G.nonzero()
     mask = sources < targets
-    g = ig.Graph(n=G.shape[0], edges=np.column_stack([sources[mask], targets[mask]]), directed=False)
-    g.es["weight"] = np.asarray(G[sources[mask], targets[mask]]).ravel()
+    return G.shape[0], np.column_stack([sources[mask], targets[mask]]), np.asarray(G[sources[mask], targets[mask]]).ravel()
+
+
+def _to_igraph(G):
+    """Weighted undirected igraph of a symmetric sparse graph or of an :func:`_edges` triple."""
+    import igraph as ig
+
+    n, edges, weights = G if isinstance(G, tuple) else _edges(G)
+    g = ig.Graph(n=n, edges=edges, directed=False)
+    g.es["weight"] = weights
     return g
+
+
+def _leiden_task(task: tuple) -> np.ndarray:
+    """One Leiden run from plain data (picklable, for worker processes): single space or multiplex."""
+    kind, graphs, resolution, weights, random_state, backend = task
+    if kind == "multiplex":
+        return _leiden_multiplex([_to_igraph(e) for e in graphs], resolution, weights, random_state)
+    return _leiden(_to_igraph(graphs), resolution, random_state, backend)
+
+
+def _run_leiden_tasks(tasks: list[tuple], n_jobs: int | None, desc: str, disable: bool | None) -> list[np.ndarray]:
+    """Run Leiden tasks, in worker processes when ``n_jobs`` allows (leidenalg holds the GIL, so threads do not
+    help). Every run is seeded on its own, so the results do not depend on ``n_jobs``. Measured on the ileum
+    stain space (21 runs of 5,194 cells, 2 idle cores): see ``benchmarks/RESULTS.md``."""
+    import multiprocessing as mp
+    import os
+    import sys
+
+    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = workers if n_jobs in (None, -1) else max(1, int(n_jobs))
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        return [_leiden_task(t) for t in progress(tasks, desc=desc, disable=disable)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork is cheap and inherits the imports; elsewhere (macOS, Windows) spawn re-imports stmorph in each worker
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        return list(progress(ex.map(_leiden_task, tasks), total=len(tasks), desc=desc, disable=disable))
 
 
 def _leiden_multiplex(graphs, resolutions, weights, random_state: int, n_iterations: int = 2) -> np.ndarray:
@@ -322,6 +357,7 @@ def leiden_tune(
     D: np.ndarray | None = None,
     show_progress: bool | None = None,
     backend: str = "leidenalg",
+    n_jobs: int | None = -1,
 ) -> LeidenResult:
     """Leiden clustering with ``k`` and resolution chosen by the highest silhouette among grids with >= ``min_clusters``.
 
@@ -347,6 +383,8 @@ def leiden_tune(
     backend
         ``"leidenalg"`` (default; the multiplex optimiser) or ``"igraph"`` (~15x faster; its resolutions do not
         transfer to :func:`multiplex_leiden`).
+    n_jobs
+        Worker processes for the Leiden runs (-1: all cores; 1: in this process). Results do not depend on it.
 
     Returns
     -------
@@ -365,14 +403,14 @@ def leiden_tune(
     X = np.asarray(X, dtype=np.float64)
     if D is None:
         D = pairwise_distances(X)
-    rows, results, graphs, igs = [], {}, {}, {}
+    rows, results = [], {}
     grid = [(k, r) for k in k_grid for r in resolutions]
     disable = None if show_progress is None else not show_progress
-    for k, r in progress(grid, desc="Leiden grid", disable=disable):
-        if k not in graphs:
-            graphs[k] = knn_graph(X, k, random_state=random_state)
-            igs[k] = _to_igraph(graphs[k])
-        cl = _leiden(igs[k], r, random_state, backend)
+    graphs = {k: knn_graph(X, k, random_state=random_state) for k in dict.fromkeys(k_grid)}
+    edges = {k: _edges(G) for k, G in graphs.items()}
+    memberships = _run_leiden_tasks([("single", edges[k], r, None, random_state, backend) for k, r in grid],
+                                    n_jobs, "Leiden grid", disable)
+    for (k, r), cl in zip(grid, memberships):
         n_cl = int(np.unique(cl).size)
         sil = silhouette(X, cl, D=D)
         rows.append({"k": int(k), "resolution": float(r), "n_clusters": n_cl, "silhouette": sil,
@@ -424,6 +462,7 @@ def multiplex_leiden(
     graphs: tuple | None = None,
     D: tuple | None = None,
     show_progress: bool | None = None,
+    n_jobs: int | None = -1,
 ) -> MultiplexResult:
     """Multiplex Leiden (muon's multiplex optimiser) of two spaces, modality weight chosen by mean silhouette.
 
@@ -453,6 +492,8 @@ def multiplex_leiden(
         Optional precomputed distance matrices of the two spaces.
     show_progress
         Progress bar over weights.
+    n_jobs
+        Worker processes for the runs (-1: all cores; 1: in this process). Results do not depend on it.
 
     Returns
     -------
@@ -476,11 +517,14 @@ def multiplex_leiden(
         graphs = (knn_graph(X1, k[0], random_state=random_state), knn_graph(X2, k[1], random_state=random_state))
     if D is None:
         D = (pairwise_distances(X1), pairwise_distances(X2))
-    igs = [_to_igraph(G) for G in graphs]
+    edges = [_edges(G) for G in graphs]
     rows, results = [], {}
     disable = None if show_progress is None else not show_progress
-    for w in progress(list(weights), desc="multiplex weights", disable=disable):
-        cl = _leiden_multiplex(igs, resolution, (float(w), 1.0 - float(w)), random_state).astype(str)
+    weights = [float(w) for w in weights]
+    memberships = _run_leiden_tasks([("multiplex", edges, resolution, (w, 1.0 - w), random_state, None)
+                                     for w in weights], n_jobs, "multiplex weights", disable)
+    for w, cl in zip(weights, memberships):
+        cl = cl.astype(str)
         n_cl = int(np.unique(cl).size)
         s1, s2 = silhouette(X1, cl, D=D[0]), silhouette(X2, cl, D=D[1])
         rows.append({"weight": float(w), "n_clusters": n_cl, "silhouette_1": s1, "silhouette_2": s2,
