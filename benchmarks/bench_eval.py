@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py                 # pairwise PERMANOVA/PERMDISP vs scikit-bio (5,000 x 50, 19 labels)
     python benchmarks/bench_eval.py --skbio-disp-pairs 8   # PERMDISP reference timed on 8 size-stratified pairs
     python benchmarks/bench_eval.py --ileum [--n-trees 1000]  # the study's analyses on ../shared/data/merfish_ileum
+    python benchmarks/bench_eval.py --forest [--n-trees 1000] # stmorph's numba forest vs sklearn's, ileum TC + stain
 
 Prints tables (wall seconds and process CPU seconds; CPU time is the fairer figure on a shared machine).
 """
@@ -199,9 +200,44 @@ def bench_ileum(args) -> None:
     print(r.sort_values("r2", ascending=False).head(10).round(4).to_string())
 
 
+def bench_forest(args) -> None:
+    """Both random-forest backends on the ileum TC and stain spaces in one run: CPU, wall, per-label accuracy."""
+    from stmorph.eval import align_inputs, normalize_counts, read_feature_table, rf_classification
+
+    d = Path(args.data) / "merfish_ileum"
+    counts = read_feature_table(d / "gene_counts.csv")
+    stain = read_feature_table(d / "stain_vae_embedding.csv")
+    lab = pd.read_csv(d / "cell_assignment.csv", index_col=0)["leiden_final"]
+    lab.index = lab.index.astype(str)
+    tabs, y, _ = align_inputs({"counts": counts, "stain": stain}, lab, exclude_labels=["Removed"])
+    spaces = {"TC": normalize_counts(tabs["counts"].to_numpy()), "stain": tabs["stain"].to_numpy()}
+    rf_classification(spaces["stain"][:300], y.to_numpy()[:300] == y.iloc[0], n_trees=2, n_splits=2)  # compile
+    rows, per_label = [], {}
+    for name, X in spaces.items():
+        for backend in ("sklearn", "stmorph"):
+            for jobs in args.jobs:
+                res, w, c = _timed(lambda X=X, jobs=jobs, backend=backend: rf_classification(
+                    X, y.to_numpy(), n_trees=args.n_trees, n_jobs=jobs, backend=backend))
+                rows.append({"space": name, "backend": backend, "n_jobs": jobs, "wall_s": round(w, 1),
+                             "cpu_s": round(c, 1), "ms_per_tree_cpu": round(1000 * c / (5 * args.n_trees), 2),
+                             "BA": round(res.balanced_accuracy, 4),
+                             "fold_sd": round(float(np.std(res.fold_balanced_accuracy)), 4), "load": _load()})
+                per_label[(name, backend)] = res.per_label
+                print(rows[-1], flush=True)
+    print(f"\nrandom forest, {args.n_trees} trees x 5 folds, balanced classes, 5,194 ileum cells:")
+    print(pd.DataFrame(rows).to_string(index=False))
+    pl = pd.DataFrame(per_label).round(3)
+    for name in spaces:
+        pl[(name, "diff")] = (pl[(name, "stmorph")] - pl[(name, "sklearn")]).round(3)
+    print("\nper-label balanced accuracy:\n" + pl.sort_index(axis=1).to_string())
+    print("max |diff| per space:", {n: float(pl[(n, "diff")].abs().max()) for n in spaces})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ileum", action="store_true", help="run the real-data evaluation instead of the speed benchmark")
+    ap.add_argument("--forest", action="store_true", help="compare the random-forest backends on the ileum")
+    ap.add_argument("--jobs", type=int, nargs="+", default=[2], help="n_jobs values for --forest")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     ap.add_argument("--out", default="/tmp/stmorph_eval_ileum")
     ap.add_argument("--n-trees", type=int, default=1000)
@@ -211,7 +247,9 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--skbio-disp-pairs", type=int, default=8)
     args = ap.parse_args()
-    if args.ileum:
+    if args.forest:
+        bench_forest(args)
+    elif args.ileum:
         bench_ileum(args)
     else:
         bench_stats(args)

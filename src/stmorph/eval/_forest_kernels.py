@@ -90,12 +90,19 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
     left = np.zeros(max_nodes, dtype=np.int64)
     right = np.zeros(max_nodes, dtype=np.int64)
     value = np.zeros((max_nodes, n_classes), dtype=np.float64)
-    # explicit stack of (start, end, node id)
+    # explicit stack of (start, end, node id, features known to be constant there as a bit mask); a feature
+    # constant in a node is constant in its descendants, so it is counted as drawn without sorting it again
+    # (sklearn's known-constants rule; on sparse count data most drawn features are constant in deep nodes)
+    n_words = (d + 63) // 64
+    st_const = np.zeros((max_nodes, n_words), dtype=np.uint64)
+    cur_const = np.zeros(n_words, dtype=np.uint64)
     st_start = np.empty(max_nodes, dtype=np.int64)
     st_end = np.empty(max_nodes, dtype=np.int64)
     st_node = np.empty(max_nodes, dtype=np.int64)
     keys = np.empty(n_u, dtype=np.int64)
     buf = np.empty(n_u, dtype=np.int64)
+    yl = np.empty(n_u, dtype=np.int64)  # class codes and weights of the node's cells, in node order
+    wl_ = np.empty(n_u, dtype=np.float64)
     perm = np.arange(d)
     tot = np.empty(n_classes, dtype=np.float64)
     lw = np.empty(n_classes, dtype=np.float64)
@@ -109,9 +116,12 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
     while top > 0:
         top -= 1
         start, end, node = st_start[top], st_end[top], st_node[top]
+        cur_const[:] = st_const[top]
         tot[:] = 0.0
         for p in range(start, end):
             i = samples[p]
+            yl[p - start] = y[i]
+            wl_[p - start] = w[i]
             tot[y[i]] += w[i]
         W = 0.0
         S = 0.0
@@ -139,16 +149,26 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
             perm[j] = perm[r]
             perm[r] = tmp
             f = perm[j]
+            bit = np.uint64(1) << np.uint64(f % 64)
+            if cur_const[f // 64] & bit:
+                n_visited += 1
+                n_const += 1
+                continue
             m = end - start
+            lo_r = ranks[f, samples[start]]
+            hi_r = lo_r
             for q in range(m):
-                p = samples[start + q]
-                keys[q] = (np.int64(ranks[f, p]) << shift) | q
+                rq = ranks[f, samples[start + q]]
+                keys[q] = (np.int64(rq) << shift) | q
+                lo_r = min(lo_r, rq)
+                hi_r = max(hi_r, rq)
+            n_visited += 1
+            if lo_r == hi_r:
+                n_const += 1
+                cur_const[f // 64] |= bit
+                continue  # constant in this node
             _sort_keys(keys, buf, m, n_bytes)
             kk = keys
-            n_visited += 1
-            if (kk[0] >> shift) == (kk[m - 1] >> shift):
-                n_const += 1
-                continue  # constant in this node
             lw[:] = 0.0
             for c in range(n_classes):
                 rw[c] = tot[c]
@@ -157,9 +177,9 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
             wl = 0.0
             wr = W
             for q in range(m - 1):
-                i = samples[start + (kk[q] & mask)]
-                c = y[i]
-                wi = w[i]
+                qq = kk[q] & mask
+                c = yl[qq]
+                wi = wl_[qq]
                 sl += 2.0 * wi * lw[c] + wi * wi
                 lw[c] += wi
                 sr += wi * wi - 2.0 * wi * rw[c]
@@ -198,8 +218,10 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
         left[node] = n_nodes
         right[node] = n_nodes + 1
         st_start[top], st_end[top], st_node[top] = lo, end, n_nodes + 1
+        st_const[top] = cur_const
         top += 1
         st_start[top], st_end[top], st_node[top] = start, lo, n_nodes
+        st_const[top] = cur_const
         top += 1
         n_nodes += 2
     for i in range(Xte.shape[0]):
