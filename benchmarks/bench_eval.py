@@ -41,6 +41,18 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
+def _ileum(args):
+    """The ileum counts and stain embedding aligned to the labels ("Removed" dropped)."""
+    from stmorph.eval import align_inputs, read_feature_table
+
+    d = Path(args.data) / "merfish_ileum"
+    counts = read_feature_table(d / "gene_counts.csv")
+    stain = read_feature_table(d / "stain_vae_embedding.csv")
+    lab = pd.read_csv(d / "cell_assignment.csv", index_col=0)["leiden_final"]
+    lab.index = lab.index.astype(str)
+    return align_inputs({"counts": counts, "stain": stain}, lab, exclude_labels=["Removed"])
+
+
 def bench_stats(args) -> None:
     from scipy.spatial.distance import pdist, squareform
     from skbio import DistanceMatrix
@@ -134,21 +146,14 @@ def bench_stats(args) -> None:
 def bench_ileum(args) -> None:
     from stmorph.eval import (
         EvalConfig,
-        align_inputs,
         de_gene_subset,
         evaluate_spaces,
         normalize_counts,
         pca_gene_subset,
         random_gene_subset,
-        read_feature_table,
     )
 
-    d = Path(args.data) / "merfish_ileum"
-    counts = read_feature_table(d / "gene_counts.csv")
-    stain = read_feature_table(d / "stain_vae_embedding.csv")
-    lab = pd.read_csv(d / "cell_assignment.csv", index_col=0)["leiden_final"]
-    lab.index = lab.index.astype(str)
-    tabs, y, rep = align_inputs({"counts": counts, "stain": stain}, lab, exclude_labels=["Removed"])
+    tabs, y, rep = _ileum(args)
     genes = list(tabs["counts"].columns)
     TC = normalize_counts(tabs["counts"].to_numpy())
     subsets = {
@@ -202,14 +207,9 @@ def bench_ileum(args) -> None:
 
 def bench_forest(args) -> None:
     """Both random-forest backends on the ileum TC and stain spaces in one run: CPU, wall, per-label accuracy."""
-    from stmorph.eval import align_inputs, normalize_counts, read_feature_table, rf_classification
+    from stmorph.eval import normalize_counts, rf_classification
 
-    d = Path(args.data) / "merfish_ileum"
-    counts = read_feature_table(d / "gene_counts.csv")
-    stain = read_feature_table(d / "stain_vae_embedding.csv")
-    lab = pd.read_csv(d / "cell_assignment.csv", index_col=0)["leiden_final"]
-    lab.index = lab.index.astype(str)
-    tabs, y, _ = align_inputs({"counts": counts, "stain": stain}, lab, exclude_labels=["Removed"])
+    tabs, y, _ = _ileum(args)
     spaces = {"TC": normalize_counts(tabs["counts"].to_numpy()), "stain": tabs["stain"].to_numpy()}
     rf_classification(spaces["stain"][:300], y.to_numpy()[:300] == y.iloc[0], n_trees=2, n_splits=2)  # compile
     rows, per_label = [], {}
