@@ -5,10 +5,13 @@ Sections (``--only`` picks some; default all):
 * ``layer``   - first convolution on binary spot planes (16 cells x 241 genes x 100 px): dense ``nn.Conv2d`` vs
   stmorph's exact sparse path, forward + weight gradient, at several densities (MERFISH ileum: ~0.3 % ones
   with padding 3); checks equality.
+* ``loss``    - the spot loss (Dice + Focal) dense vs with the positive pixels handled sparsely, forward +
+  backward, and whole training steps with either (checks equality).
 * ``presets`` - cells/s of one training step (forward + backward + Adam) for every preset at its true size on
   CPU, dense vs sparse first layer (random spot planes at 0.3 % density, random stains).
-* ``bars``    - synthetic tissue: random-forest balanced accuracy (5-fold CV) of LS2-style (stain) and LS1-style
-  (spot) latent spaces on the morphology-only and the expression-only type pairs.
+* ``bars``    - synthetic tissue (default signals, several seeds): random-forest balanced accuracy (5-fold CV) on
+  the morphology-only and the expression-only type pairs of counts, the spot planes' per-gene sums (what LS1
+  can see at most), LS2, LS1 with the study's loss alone and LS1 as preset (count reconstruction).
 * ``xenium``  - the real Xenium breast crop (DAPI + transcripts): ls1_cpu, ls2_cpu (DAPI only), ls3_cpu end to end.
 
 Run ``python benchmarks/bench_vae.py [--only layer,presets] [--threads 2]``; prints Markdown tables.
@@ -110,6 +113,70 @@ def bench_presets(reps: int = 2) -> None:
               f"{5192 / best / 60:.1f} |", flush=True)
 
 
+def bench_loss(reps: int = 3) -> None:
+    """Spot loss (Dice + Focal) forward + backward and a whole training step: dense vs sparse-positive loss."""
+    from stmorph.models.vae import CropVAEModule, compute_loss, get_preset, spot_loss
+
+    print("\n### Spot loss, dense vs sparse positives (density 0.3 %), forward + backward, CPU time per call\n")
+    print("| genes x crop x batch | dense loss s | sparse loss s | speed-up | max rel diff value | max abs diff grad |")
+    print("|---|---|---|---|---|---|")
+    for G, S, B in ((30, 64, 16), (241, 64, 16), (241, 100, 8)):
+        g = torch.Generator().manual_seed(0)
+        y = (torch.rand(B, G, S, S, generator=g) < 0.003).float()
+        c = y.sum((2, 3))
+        x = (torch.randn(B, G, S, S, generator=g) - 4).requires_grad_()
+        res = {}
+
+        def run(sp, x=x, y=y, c=c, res=res):
+            x.grad = None
+            out = spot_loss(x, y, c, sparse=sp)["spots"]
+            out.backward()
+            res[sp] = (out.detach(), x.grad.clone())
+
+        td = _cpu_timeit(lambda: run(False), reps)
+        ts = _cpu_timeit(lambda: run(True), reps)
+        dv = ((res[False][0] - res[True][0]).abs() / res[False][0].abs()).item()
+        dg = (res[False][1] - res[True][1]).abs().max().item()
+        print(f"| {G} x {S} x {B} | {td:.3f} | {ts:.3f} | {td / ts:.2f}x | {dv:.1e} | {dg:.1e} |", flush=True)
+
+    print("\n### One training step (forward + backward + Adam), cells/s from CPU time, 1 thread\n")
+    print("| preset | genes | crop | batch | dense loss cells/s | sparse loss cells/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for name, G, B in (("ls1_cpu", 30, 16), ("ls1_cpu", 241, 16), ("ls3_cpu", 241, 16), ("vae1", 241, 8)):
+        rates = {}
+        for sp in (False, True):
+            cfg = get_preset(name, sparse_loss=sp)
+            S, C = cfg.crop_size, len(cfg.channels)
+            g = torch.Generator().manual_seed(0)
+            batch = {"spots": (torch.rand(B, G, S, S, generator=g) < 0.003).float()}
+            batch["counts"] = batch["spots"].sum((2, 3))
+            if C:
+                batch["stains"] = torch.rand(B, C, S, S, generator=g)
+            torch.manual_seed(0)
+            m = CropVAEModule(cfg, G, C, sparse=G >= 100)
+            opt = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+
+            def step(m=m, opt=opt, batch=batch, cfg=cfg):
+                out = m(batch["spots"], batch.get("stains"))
+                loss = compute_loss(out, batch, cfg)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            rates[sp] = B / _cpu_timeit(step, 2 if S < 100 else 1)
+        print(f"| {name} | {G} | {get_preset(name).crop_size} | {B} | {rates[False]:.1f} | {rates[True]:.1f} | "
+              f"{rates[True] / rates[False]:.2f}x |", flush=True)
+
+
+def _cpu_timeit(fn, reps: int = 3) -> float:
+    """CPU time of this process per call (less sensitive to other processes than wall time)."""
+    fn()
+    t = time.process_time()
+    for _ in range(reps):
+        fn()
+    return (time.process_time() - t) / reps
+
+
 def _rf_bacc(z: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import balanced_accuracy_score
@@ -120,32 +187,53 @@ def _rf_bacc(z: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
     return float(balanced_accuracy_score(y, pred))
 
 
-def bench_bars(n_cells: int = 400, epochs: int = 10) -> dict[str, float]:
+def _lognorm(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=float)
+    tot = X.sum(1, keepdims=True)
+    return np.log1p(X / np.where(tot > 0, tot, 1) * np.median(tot))
+
+
+def bench_bars(n_cells: int = 400, epochs: int = 6, seeds: tuple[int, ...] = (0, 1, 2),
+               tissue: str = "bench") -> dict[str, list[float]]:
+    """RF balanced accuracy of counts, the spot planes' per-gene sums (the ceiling of what LS1 sees), LS2, LS1
+    with the study's loss alone (``count_weight=0``) and LS1 as preset (count reconstruction), over seeds."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+
+    from stmorph.crops import CellCropDataset
     from stmorph.datasets import synthetic_tissue
     from stmorph.tl import train_vae
 
-    s = synthetic_tissue(n_cells=n_cells, n_types=4, n_genes=30, random_state=0)
-    info = s.adata.uns["synthetic_tissue"]
-    morph_pair = list(info["morphology_only_groups"][0])
-    expr_pair = list(info["expression_only_groups"][0])
-    y = s.adata.obs["cell_type"].astype(str).to_numpy()
-    out = {}
-    print(f"\n### Synthetic tissue ({n_cells} cells, 4 types, 30 genes): RF balanced accuracy, 5-fold CV\n")
-    print("| latent space | epochs | train s | morphology-only pair | expression-only pair | all 4 types |")
-    print("|---|---|---|---|---|---|")
-    for preset in ("ls2_cpu", "ls1_cpu"):
-        t = time.perf_counter()
-        train_vae(s, preset, epochs=epochs, random_state=0)
-        dt = time.perf_counter() - t
-        z = s.adata.obsm[f"X_{preset}"]
-        row = []
-        for pair in (morph_pair, expr_pair):
-            m = np.isin(y, pair)
-            row.append(_rf_bacc(z[m], y[m]))
-        row.append(_rf_bacc(z, y))
-        out[preset] = row
-        print(f"| {preset} | {epochs} | {dt:.0f} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} |", flush=True)
-    print("\nChance: 0.5 for a pair, 0.25 for the 4 types.")
+    tk = {"n_types": 4, "n_genes": 30} if tissue == "bench" else {"n_types": 6, "n_genes": 60}
+    print(f"\n### Synthetic tissue ({n_cells} cells, {tk['n_types']} types, {tk['n_genes']} genes, default signals): "
+          f"RF balanced accuracy, 5-fold CV, {epochs} epochs\n")
+    print("| seed | space | train s | morphology-only pair | expression-only pair | all types | R^2 log counts |")
+    print("|---|---|---|---|---|---|---|")
+    out: dict[str, list[float]] = {}
+    for seed in seeds:
+        s = synthetic_tissue(n_cells=n_cells, **tk, random_state=seed)
+        info = s.adata.uns["synthetic_tissue"]
+        y = s.adata.obs["cell_type"].astype(str).to_numpy()
+        pairs = [np.isin(y, list(info["morphology_only_groups"][0])), np.isin(y, list(info["expression_only_groups"][0]))]
+        L = _lognorm(s.adata.X.toarray() if hasattr(s.adata.X, "toarray") else s.adata.X)
+        ds = CellCropDataset(s, crop_size=64, genes="all", spot_padding=3)
+        sums = np.concatenate([ds.get_batch(np.arange(k, min(k + 64, len(ds))))["spots"].sum((2, 3)).numpy()
+                               for k in range(0, len(ds), 64)])
+        spaces = [("counts (log-normalised)", L, 0.0), ("spot-plane sums (log1p)", np.log1p(sums), 0.0)]
+        for label, preset, extra in (("LS2 ls2_cpu", "ls2_cpu", {}),
+                                     ("LS1 study loss (count_weight=0)", "ls1_cpu", {"count_weight": 0.0}),
+                                     ("LS1 ls1_cpu (count_weight=1)", "ls1_cpu", {})):
+            t = time.perf_counter()
+            train_vae(s, preset, epochs=epochs, random_state=0, device="cpu", key_added="X_bench", **extra)
+            spaces.append((label, s.adata.obsm["X_bench"], time.perf_counter() - t))
+        for label, z, dt in spaces:
+            row = [_rf_bacc(z[m], y[m]) for m in pairs] + [_rf_bacc(z, y)]
+            r2 = np.mean([RidgeCV(alphas=np.logspace(-2, 3, 6)).fit(z[a], L[a]).score(z[b], L[b])
+                          for a, b in KFold(5, shuffle=True, random_state=0).split(z)])
+            out.setdefault(label, []).append(row[1])
+            print(f"| {seed} | {label} | {dt:.0f} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} | {r2:.2f} |", flush=True)
+    print("\nChance: 0.5 for a pair, 1 / n_types for all types. R^2: ridge from the space to log-normalised counts "
+          "(5-fold CV).")
     return out
 
 
@@ -178,13 +266,17 @@ def bench_xenium(epochs: int = 3) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="layer,presets,bars,xenium", help="comma-separated sections")
+    ap.add_argument("--only", default="layer,loss,presets,bars,xenium", help="comma-separated sections")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of the synthetic bars")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs of the synthetic bars (the demo's LS1: 6)")
+    ap.add_argument("--seeds", default="0,1,2", help="tissue seeds of the synthetic bars")
+    ap.add_argument("--tissue", default="bench", choices=["bench", "demo"],
+                    help="bars tissue: 4 types x 30 genes (bench) or the demo's 6 types x 60 genes")
     ap.add_argument("--xenium-epochs", type=int, default=3, help="epochs of the Xenium runs")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as fit() does on CPU
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start; "
@@ -192,10 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     only = set(a.only.split(","))
     if "layer" in only:
         bench_layer()
+    if "loss" in only:
+        bench_loss()
     if "presets" in only:
         bench_presets()
     if "bars" in only:
-        bench_bars(epochs=a.epochs)
+        bench_bars(epochs=a.epochs, seeds=tuple(int(v) for v in a.seeds.split(",")), tissue=a.tissue)
     if "xenium" in only:
         bench_xenium(a.xenium_epochs)
     load = os.getloadavg()

@@ -218,7 +218,10 @@ def test_presets_match_table_1():
         if pad is not None:
             assert c.spot_padding == pad
         assert (c.latent_dim, c.dice_weight, c.focal_weight, c.focal_gamma, c.beta) == (50, 0.8, 0.4, 2.0, 0.0)
+        assert c.count_weight == 0.0  # the study's loss, no count head
         assert get_preset(name.replace("vae", "ls")) == c
+    # the CPU spot presets reconstruct per-gene counts too (session 2: LS1 must see gene composition)
+    assert [PRESETS[f"ls{k}_cpu"].count_weight for k in range(1, 6)] == [1.0, 0.0, 1.0, 1.0, 1.0]
     assert get_preset("vae1", epochs=3).epochs == 3 and PRESETS["vae1"].epochs == 15
 
 
@@ -272,3 +275,75 @@ def test_focal_hand_written_gradient(gamma, alpha):
     out.backward()
     assert out.item() == pytest.approx(ref.item(), rel=1e-9)
     assert torch.allclose(x.grad, p.grad * p * (1 - p), atol=1e-10)
+
+
+# -- sparse Dice + Focal and the count head (session 2) -----------------------------------------------------
+@pytest.mark.parametrize("gamma,alpha,weighted", [(2.0, None, True), (1.5, 0.25, False), (0.0, None, True)])
+def test_dice_focal_sparse_equals_dense_value_and_gradient(gamma, alpha, weighted):
+    from stmorph.models.vae import dice_focal_sparse
+
+    g = torch.Generator().manual_seed(1)
+    x = (3 * torch.randn(3, 5, 9, 9, generator=g, dtype=torch.float64)).requires_grad_()
+    y = (torch.rand(3, 5, 9, 9, generator=g) < 0.05).double()
+    y[:, 4] = 0  # a gene without ones
+    w = gene_weights(y.sum((2, 3))) if weighted else None
+    pos = torch.nonzero(y.reshape(-1)).squeeze(1)
+    ref_d = dice_loss(torch.sigmoid(x), y, w)
+    ref_f = focal_loss(x, y, gamma=gamma, alpha=alpha, from_logits=True)
+    (g_ref,) = torch.autograd.grad(0.8 * ref_d + 0.4 * ref_f, x)
+    d, f = dice_focal_sparse(x, pos, w, gamma=gamma, alpha=alpha)
+    (g_sp,) = torch.autograd.grad(0.8 * d + 0.4 * f, x)
+    assert d.item() == pytest.approx(ref_d.item(), rel=1e-10)
+    assert f.item() == pytest.approx(ref_f.item(), rel=1e-10)
+    assert torch.allclose(g_sp, g_ref, rtol=1e-8, atol=1e-14)
+    # each output on its own (the backward splits the incoming gradient between Dice and Focal)
+    d, f = dice_focal_sparse(x, pos, w, gamma=gamma, alpha=alpha)
+    ref_f = focal_loss(x, y, gamma=gamma, alpha=alpha, from_logits=True)
+    assert torch.allclose(torch.autograd.grad(f, x)[0], torch.autograd.grad(ref_f, x)[0], rtol=1e-8, atol=1e-14)
+
+
+def test_dice_focal_sparse_gradcheck_and_no_positives():
+    from stmorph.models.vae import dice_focal_sparse
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(2, 3, 5, 5, generator=g) < 0.2).double()
+    pos = torch.nonzero(y.reshape(-1)).squeeze(1)
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: torch.stack(dice_focal_sparse(v, pos, w)), (x,))
+    # no positive anywhere: Dice is 0 (no class defined), focal is the background term only
+    d, f = dice_focal_sparse(x, pos[:0])
+    assert d.item() == 0.0
+    assert f.item() == pytest.approx(focal_loss(x, torch.zeros_like(x), from_logits=True).item(), rel=1e-10)
+
+
+def test_spot_loss_sparse_equals_dense_float32():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 16, 16, generator=g) - 3).requires_grad_()
+    y = (torch.rand(4, 6, 16, 16, generator=g) < 0.01).float()
+    c = y.sum((2, 3))
+    dense = spot_loss(x, y, c, sparse=False)
+    (gd,) = torch.autograd.grad(dense["spots"], x)
+    sparse = spot_loss(x, y, c, sparse=True)
+    (gs,) = torch.autograd.grad(sparse["spots"], x)
+    for k in ("dice", "focal", "spots"):
+        assert sparse[k].item() == pytest.approx(dense[k].item(), rel=1e-5)
+    assert torch.allclose(gs, gd, rtol=1e-4, atol=1e-9)
+
+
+def test_count_head_and_loss():
+    from stmorph.models.vae import count_loss
+
+    assert count_loss(torch.zeros(1, 2), torch.tensor([[0.0, math.e - 1]])).item() == pytest.approx(0.5)
+    cfg = VAEConfig(crop_size=64, widths=TINY, latent_dim=5, count_weight=2.0)
+    m = CropVAEModule(cfg, n_genes=3, n_channels=0)
+    b = {"spots": (torch.rand(2, 3, 64, 64) < 0.01).float(), "counts": torch.tensor([[1.0, 0.0, 4.0], [2.0, 2.0, 0.0]])}
+    out = m(b["spots"], None, sample=False)
+    assert out["count_pred"].shape == (2, 3)
+    terms = compute_loss(out, b, cfg)
+    assert terms["counts"].item() == pytest.approx(count_loss(out["count_pred"], b["counts"]).item())
+    assert terms["loss"].item() == pytest.approx(terms["spots"].item() + 2.0 * terms["counts"].item(), rel=1e-6)
+    # off by default: the study's presets have no count head
+    assert CropVAEModule(VAEConfig(crop_size=64, widths=TINY, latent_dim=5), 3, 0).count_head is None
+    with pytest.raises(StmorphInputError):
+        VAEConfig(count_weight=-1.0)

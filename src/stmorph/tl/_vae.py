@@ -45,7 +45,9 @@ def train_vae(
         The :class:`~stmorph.SpatialSample` (molecules for spot planes, stain images for stain models).
     preset
         ``"vae1"``-``"vae5"`` (the study's Table 1; ``"ls1"``-``"ls5"`` are aliases), ``"ls1_cpu"``-``"ls5_cpu"``
-        (64-pixel crops, minutes on a laptop) or a :class:`~stmorph.models.vae.VAEConfig`.
+        (64-pixel crops, minutes on a laptop) or a :class:`~stmorph.models.vae.VAEConfig`. The CPU spot presets
+        also reconstruct each crop's per-gene transcript totals (``count_weight=1``), without which the spot
+        latent misses gene composition; pass ``count_weight=0`` for the study's loss alone.
     key_added
         The ``obsm`` key of the latent (default ``"X_<preset>"``); the parameters go to ``uns`` under the same
         name without its ``X_`` prefix.

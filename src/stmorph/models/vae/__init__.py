@@ -8,7 +8,16 @@
 """
 
 from ._config import PRESETS, VAEConfig, encoder_sizes, get_preset, min_crop_size
-from ._losses import dice_loss, focal_loss, gene_weights, kl_divergence, spot_loss, stain_loss
+from ._losses import (
+    count_loss,
+    dice_focal_sparse,
+    dice_loss,
+    focal_loss,
+    gene_weights,
+    kl_divergence,
+    spot_loss,
+    stain_loss,
+)
 from ._model import CropVAE
 from ._module import ConvDecoder, ConvEncoder, CropVAEModule, FirstConv, sparse_conv3x3s2
 from ._train import VAETrainingError, compute_loss, fit, load_checkpoint
@@ -19,6 +28,8 @@ __all__ = [
     "encoder_sizes",
     "get_preset",
     "min_crop_size",
+    "count_loss",
+    "dice_focal_sparse",
     "dice_loss",
     "focal_loss",
     "gene_weights",

@@ -150,8 +150,10 @@ class CropVAE:
 
     def _fingerprint(self) -> str:
         d = self.config.to_dict()
-        for k in ("epochs", "select_best", "extra", "sparse_first_layer", "mixed_precision"):
+        for k in ("epochs", "select_best", "extra", "sparse_first_layer", "mixed_precision", "sparse_loss"):
             d.pop(k, None)
+        if not d.get("count_weight"):
+            d.pop("count_weight", None)  # fingerprints of runs from before the field existed stay valid
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
     # -- training ------------------------------------------------------------------------------------------

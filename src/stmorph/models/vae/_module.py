@@ -329,6 +329,8 @@ class CropVAEModule(nn.Module):
             if self.n_channels
             else None
         )
+        # auxiliary head: log1p of the crop's per-gene transcript totals from the latent (config.count_weight)
+        self.count_head = nn.Linear(c.latent_dim, self.n_genes) if (self.n_genes and c.count_weight > 0) else None
 
         with torch.no_grad():
             if c.logvar_init is not None:
@@ -363,4 +365,6 @@ class CropVAEModule(nn.Module):
             out["spot_logits"] = self.spot_decoder(z)
         if self.stain_decoder is not None:
             out["stain_logits"] = self.stain_decoder(z)
+        if self.count_head is not None:
+            out["count_pred"] = self.count_head(z)
         return out

@@ -22,7 +22,7 @@ import torch
 from ..._utils import atomic_path, progress
 from ...errors import StmorphInputError
 from ._config import VAEConfig
-from ._losses import kl_divergence, spot_loss, stain_loss
+from ._losses import count_loss, kl_divergence, spot_loss, stain_loss
 
 if TYPE_CHECKING:
     from ._module import CropVAEModule
@@ -73,9 +73,12 @@ def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], c
     if "spot_logits" in out:
         s = spot_loss(out["spot_logits"], batch["spots"], batch.get("counts"), dice_weight=c.dice_weight,
                       focal_weight=c.focal_weight, gamma=c.focal_gamma, alpha=c.focal_alpha,
-                      gene_weighting=c.gene_weighting)
+                      gene_weighting=c.gene_weighting, sparse=c.sparse_loss)
         terms.update(s)
         total = total + c.spot_weight * s["spots"]
+    if "count_pred" in out:
+        terms["counts"] = count_loss(out["count_pred"], batch["counts"])
+        total = total + c.count_weight * terms["counts"]
     if "stain_logits" in out:
         terms["stains"] = stain_loss(out["stain_logits"], batch["stains"])
         total = total + c.stain_weight * terms["stains"]
