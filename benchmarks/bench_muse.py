@@ -36,6 +36,9 @@ def _ari(truth, labels) -> float:
     return float(adjusted_rand_score(truth, labels))
 
 
+MUSE_KW: dict = {}  # extra MUSE arguments from --muse-kw (e.g. {"selection_penalty": "squared"})
+
+
 def run_methods(md, seed: int, presets: list[str], threads: int, baselines: bool) -> dict[str, dict]:
     """ARI (and time for MUSE) of every method on one simulated MuData."""
     import torch
@@ -50,7 +53,7 @@ def run_methods(md, seed: int, presets: list[str], threads: int, baselines: bool
     res: dict[str, dict] = {}
     for preset in presets:
         t, c = time.perf_counter(), time.process_time()
-        out = muse_fit_predict(xs, preset=preset, random_state=seed, n_threads=threads)
+        out = muse_fit_predict(xs, preset=preset, random_state=seed, n_threads=threads, **MUSE_KW)
         res[f"MUSE ({preset})"] = {
             "ari": _ari(truth, out["clusters"]),
             "wall_s": time.perf_counter() - t,
@@ -160,8 +163,12 @@ def _scaling_child(n: int, threads: int, preset: str) -> None:
     md = simulate_multimodal(n_cells=n, random_state=0)
     xs = [md[m].X for m in md.mod]
     t, c = time.perf_counter(), time.process_time()
-    out = muse_fit_predict(xs, preset=preset, n_threads=threads)
+    out = muse_fit_predict(xs, preset=preset, n_threads=threads, **MUSE_KW)
+    info = out["model"].train_info
     rec = {
+        "stages_s": {"initial_labels": info["time_initial_labels_s"], **info["time_stages_s"],
+                     "final_clustering": out["timings"]["final_clustering"]},
+        "schedule": info["schedule"],
         "n": n,
         "ari": _ari(md.obs["true_cluster"].to_numpy(), out["clusters"]),
         "wall_s": time.perf_counter() - t,
@@ -176,7 +183,8 @@ def _scaling_child(n: int, threads: int, preset: str) -> None:
 def section_scaling(args) -> str:
     rows = {}
     for n in args.sizes:
-        cmd = [sys.executable, __file__, "--child", str(n), "--threads", str(args.threads), "--presets", args.presets[0]]
+        cmd = [sys.executable, __file__, "--child", str(n), "--threads", str(args.threads), "--presets", args.presets[0],
+               "--muse-kw", args.muse_kw]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if not line:
@@ -188,6 +196,7 @@ def section_scaling(args) -> str:
                               f"{t['training']:.1f}", f"{t['final_clustering']:.1f}", f"{r['peak_rss_gb']:.2f}",
                               f"{r['ari']:.3f}", f"{r['load_end'][1]:.1f}"]
         print(f"n={n}: {r}", flush=True)
+        print(f"n={n} stage seconds (wall): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items()), flush=True)
     return table(rows, f"Scaling (500+500 features, preset {args.presets[0]}, {args.threads} thread(s))",
                  ["wall s", "CPU s", "initial labels s (wall)", "training s (wall)", "final clustering s (wall)",
                   "peak RSS GB", "ARI", "5-min load at end"])
@@ -204,8 +213,10 @@ def main() -> None:
                     help="transcript dropout decay (dropout prob. exp(-decay x^2): smaller = more dropout)")
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--muse-kw", default="{}", help='extra MUSE arguments as JSON, e.g. {"selection_penalty": "squared"}')
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    MUSE_KW.update(json.loads(args.muse_kw))
     if args.child:
         _scaling_child(args.child, args.threads, args.presets[0])
         return

@@ -87,3 +87,27 @@ def test_leiden_matches_leidenalg_modularity():
     q_ours = g.modularity(ours.tolist(), weights=w)
     assert q_ours == pytest.approx(q_ref, abs=0.01)
     assert adjusted_rand_score(ref.membership, ours) > 0.8
+
+
+def test_nearest_centroid_matches_sklearn():
+    from sklearn.neighbors import NearestCentroid
+
+    from stmorph._cluster import nearest_centroid_labels
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(200, 5))
+    lab = rng.integers(0, 4, size=200)
+    X = rng.normal(size=(500, 5))
+    want = NearestCentroid().fit(ref, lab).predict(X)
+    np.testing.assert_array_equal(nearest_centroid_labels(X, ref, lab, block_size=64), want)
+
+
+def test_subsampled_clustering_recovers_blobs_and_reports_timings():
+    X, truth = _blobs(n_per=150, n_blobs=4)
+    t: dict[str, float] = {}
+    a = phenograph_leiden(X, k=15, max_cells=200, random_state=1, timings=t)
+    assert set(t) == {"knn", "graph", "leiden", "propagate"} and all(v >= 0 for v in t.values())
+    assert adjusted_rand_score(truth, a) == pytest.approx(1.0)
+    np.testing.assert_array_equal(a, phenograph_leiden(X, k=15, max_cells=200, random_state=1))
+    # below max_cells nothing changes
+    np.testing.assert_array_equal(phenograph_leiden(X, k=15, max_cells=10_000), phenograph_leiden(X, k=15))

@@ -13,6 +13,7 @@ computed only on the ``n * k`` graph edges, in row blocks, so memory stays ``O(n
 from __future__ import annotations
 
 import random
+import time
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,7 @@ import scipy.sparse as sp
 
 from .errors import StmorphInputError
 
-__all__ = ["APPROX_KNN_MIN_CELLS", "knn_indices", "jaccard_graph", "phenograph_leiden"]
+__all__ = ["APPROX_KNN_MIN_CELLS", "knn_indices", "jaccard_graph", "nearest_centroid_labels", "phenograph_leiden"]
 
 
 #: Above this many rows :func:`knn_indices` switches (``approximate=None``) from exact search to NN-descent.
@@ -130,6 +131,47 @@ def jaccard_graph(idx: np.ndarray, *, block_size: int = 8192) -> sp.csr_matrix:
     return W
 
 
+def nearest_centroid_labels(
+    X: np.ndarray, X_ref: np.ndarray, labels_ref: np.ndarray, *, block_size: int = 16384
+) -> np.ndarray:
+    """Label every row of ``X`` with the label whose centroid (mean of ``X_ref`` rows) is nearest.
+
+    Parameters
+    ----------
+    X
+        ``(n, d)`` rows to label.
+    X_ref
+        ``(m, d)`` labelled rows.
+    labels_ref
+        ``(m,)`` integer labels ``0..c-1`` of ``X_ref``.
+    block_size
+        Rows of ``X`` processed at once.
+
+    Returns
+    -------
+    ``(n,)`` int64 labels.
+
+    Examples
+    --------
+    >>> ref = np.array([[0.0], [1.0], [10.0]])
+    >>> nearest_centroid_labels(np.array([[2.0], [8.0]]), ref, np.array([0, 0, 1])).tolist()
+    [0, 1]
+    """
+    X_ref = np.asarray(X_ref, dtype=np.float64)
+    labels_ref = np.asarray(labels_ref, dtype=np.int64)
+    c = int(labels_ref.max()) + 1
+    counts = np.bincount(labels_ref, minlength=c).astype(np.float64)
+    cent = np.zeros((c, X_ref.shape[1]))
+    np.add.at(cent, labels_ref, X_ref)
+    cent /= np.maximum(counts, 1.0)[:, None]
+    cn = (cent * cent).sum(1)
+    out = np.empty(X.shape[0], dtype=np.int64)
+    for s in range(0, X.shape[0], block_size):
+        xb = np.asarray(X[s : s + block_size], dtype=np.float64)
+        out[s : s + block_size] = np.argmin(cn[None, :] - 2.0 * xb @ cent.T, axis=1)
+    return out
+
+
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     uniq, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
     order = np.argsort(-counts, kind="stable")
@@ -148,6 +190,8 @@ def phenograph_leiden(
     n_jobs: int | None = None,
     n_iterations: int = -1,
     approximate: bool | None = None,
+    timings: dict[str, float] | None = None,
+    max_cells: int | None = None,
 ) -> np.ndarray:
     """Cluster the rows of ``X`` PhenoGraph-style: Jaccard kNN graph + Leiden (or Louvain) modularity.
 
@@ -171,6 +215,14 @@ def phenograph_leiden(
     approximate
         Approximate neighbour search (see :func:`knn_indices`; ``None``: only above
         :data:`APPROX_KNN_MIN_CELLS` cells).
+    timings
+        Optional dict to which the seconds spent in the neighbour search (``"knn"``), the Jaccard graph
+        (``"graph"``) and the community detection (``"leiden"``) are added.
+    max_cells
+        If set and ``n > max_cells``: cluster a uniform random subsample of ``max_cells`` rows (seeded by
+        ``random_state``) and give every other row the label of the nearest cluster centroid (Euclidean).
+        Bounds the cost of the neighbour search and of the community detection for large ``n`` (MUSE uses
+        it for its pseudo-labels); ``None`` clusters every row.
 
     Returns
     -------
@@ -196,10 +248,23 @@ def phenograph_leiden(
     n = X.shape[0]
     if n <= 2:
         return np.zeros(n, dtype=np.int64)
+    if max_cells is not None and n > max_cells:
+        sel = np.sort(np.random.default_rng(int(random_state)).choice(n, size=int(max_cells), replace=False))
+        sub = phenograph_leiden(X[sel], k=k, resolution=resolution, random_state=random_state, method=method,
+                                n_jobs=n_jobs, n_iterations=n_iterations, approximate=approximate, timings=timings)
+        t = time.perf_counter()
+        labels = nearest_centroid_labels(X, X[sel], sub)
+        labels[sel] = sub
+        if timings is not None:
+            timings["propagate"] = timings.get("propagate", 0.0) + time.perf_counter() - t
+        return _relabel_by_size(labels)
+    t0 = time.perf_counter()
     idx = knn_indices(X, k=k, n_jobs=n_jobs, approximate=approximate, random_state=random_state)
+    t1 = time.perf_counter()
     W = sp.triu(jaccard_graph(idx), k=1).tocoo()
     g = ig.Graph(n=n, edges=np.column_stack([W.row, W.col]), directed=False)
     weights = W.data.astype(np.float64)
+    t2 = time.perf_counter()
     # igraph's own C implementations of Leiden and Louvain, seeded through igraph's RNG. Measured on the
     # MUSE demo data (1,000 cells, k=30): the same partitions / modularity as leidenalg's
     # RBConfigurationVertexPartition in 5 of 6 cases (equal modularity to 3 decimals in all 6), 13-20x
@@ -217,4 +282,8 @@ def phenograph_leiden(
             comm = g.community_multilevel(weights=weights, resolution=float(resolution))
     finally:
         ig.set_random_number_generator(random)
+    if timings is not None:
+        t3 = time.perf_counter()
+        for key, v in (("knn", t1 - t0), ("graph", t2 - t1), ("leiden", t3 - t2)):
+            timings[key] = timings.get(key, 0.0) + v
     return _relabel_by_size(np.asarray(comm.membership))

@@ -43,6 +43,7 @@ def muse(
     resolution: float = 1.0,
     cluster_method: Literal["leiden", "louvain"] = "leiden",
     n_pcs: int = 100,
+    label_max_cells: int | None = 20_000,
     random_state: int = 0,
     key_added: str = "X_muse",
     cluster_key: str = "muse_clusters",
@@ -85,6 +86,10 @@ def muse(
         updates and the final clusters.
     n_pcs
         Principal components for the initial labels.
+    label_max_cells
+        The pseudo-labels (initial labels, re-clusterings) cluster at most this many random cells and label
+        the rest by the nearest cluster centroid (bounds their cost at large n; None: all cells). The final
+        ``cluster_key`` clusters always use every cell.
     random_state
         Seed (weights, batches, PCA, clustering).
     key_added
@@ -187,6 +192,7 @@ def muse(
         resolution=resolution,
         cluster_method=cluster_method,
         n_pcs=n_pcs,
+        label_max_cells=label_max_cells,
         n_threads=n_threads,
     )
     import time
@@ -217,6 +223,7 @@ def muse(
             "resolution": float(resolution),
             "cluster_method": cluster_method,
             "n_pcs": int(n_pcs),
+            "label_max_cells": 0 if label_max_cells is None else int(label_max_cells),  # 0: all cells
             "random_state": int(random_state),
             "device": str(model.device),
             "key_added": key_added,

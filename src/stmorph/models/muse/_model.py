@@ -60,6 +60,7 @@ def initial_labels(
     resolution: float = 1.0,
     method: Literal["leiden", "louvain"] = "leiden",
     random_state: int = 0,
+    max_cells: int | None = None,
 ) -> np.ndarray:
     """MUSE's initial labels of one modality: PCA (up to ``n_pcs`` components) then PhenoGraph-style clustering.
 
@@ -73,6 +74,9 @@ def initial_labels(
         Passed to :func:`stmorph._cluster.phenograph_leiden`.
     random_state
         Seed of the PCA solver and the clustering.
+    max_cells
+        Cluster at most this many (randomly chosen) cells and label the others by the nearest cluster
+        centroid in PCA space (see :func:`stmorph._cluster.phenograph_leiden`); None: all cells.
 
     Returns
     -------
@@ -90,7 +94,8 @@ def initial_labels(
     X = np.asarray(X, dtype=np.float32)
     n_comp = int(min(n_pcs, X.shape[0] - 1, X.shape[1]))
     pcs = PCA(n_components=n_comp, random_state=random_state).fit_transform(X) if n_comp >= 1 else X
-    return phenograph_leiden(pcs, k=k, resolution=resolution, random_state=random_state, method=method)
+    return phenograph_leiden(pcs, k=k, resolution=resolution, random_state=random_state, method=method,
+                             max_cells=max_cells)
 
 
 @contextlib.contextmanager
@@ -194,6 +199,8 @@ class MUSE:
         modality_names: Sequence[str] | None = None,
         device: str | Any = "auto",
         random_state: int = 0,
+        selection_penalty: Literal["norm", "squared"] = "norm",
+        reconstruction_loss: Literal["norm", "mse"] = "norm",
     ) -> None:
         n_features = [int(p) for p in n_features]
         if len(n_features) < 2:
@@ -213,6 +220,12 @@ class MUSE:
             )
         self.lambda_regul = float(lambda_regul)
         self.lambda_super = float(lambda_super)
+        if selection_penalty not in ("norm", "squared"):
+            raise StmorphInputError(f"selection_penalty={selection_penalty!r}", expected="'norm' or 'squared'")
+        if reconstruction_loss not in ("norm", "mse"):
+            raise StmorphInputError(f"reconstruction_loss={reconstruction_loss!r}", expected="'norm' or 'mse'")
+        self.selection_penalty = selection_penalty
+        self.reconstruction_loss = reconstruction_loss
         self.modality_names = (
             list(modality_names)
             if modality_names is not None
@@ -226,10 +239,10 @@ class MUSE:
         self.train_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------
-    def _cluster_fn(self, k: int, resolution: float, method: str):
+    def _cluster_fn(self, k: int, resolution: float, method: str, max_cells: int | None = None):
         def fn(h: np.ndarray) -> np.ndarray:
             return phenograph_leiden(
-                h, k=k, resolution=resolution, random_state=self.random_state, method=method
+                h, k=k, resolution=resolution, random_state=self.random_state, method=method, max_cells=max_cells
             )
 
         return fn
@@ -251,6 +264,7 @@ class MUSE:
         cluster_method: Literal["leiden", "louvain"] = "leiden",
         n_pcs: int = 100,
         margin_max_cells: int = 4000,
+        label_max_cells: int | None = 20_000,
         n_threads: int | None = None,
         show_progress: bool | None = None,
     ) -> MUSE:
@@ -273,6 +287,11 @@ class MUSE:
             Principal components for the initial labels.
         margin_max_cells
             Cells subsampled for the triplet-margin estimate.
+        label_max_cells
+            The pseudo-labels (initial labels and the re-clusterings of ``h_m``) cluster at most this many
+            randomly chosen cells and give the others the label of the nearest cluster centroid; this bounds
+            their cost at large ``n`` (None: cluster all cells). The final clusters of ``z``
+            (:meth:`cluster`) always use every cell.
         n_threads
             Torch CPU threads during training (None: leave torch's setting). On a busy machine 1 is fastest.
         show_progress
@@ -326,6 +345,7 @@ class MUSE:
                             resolution=resolution,
                             method=cluster_method,
                             random_state=self.random_state,
+                            max_cells=label_max_cells,
                         )
                     )
                 else:
@@ -345,13 +365,15 @@ class MUSE:
                 labels0,
                 zero_inflated=self.zero_inflated,
                 schedule=schedule,
-                cluster_fn=self._cluster_fn(k, resolution, cluster_method),
+                cluster_fn=self._cluster_fn(k, resolution, cluster_method, label_max_cells),
                 lambda_regul=self.lambda_regul,
                 lambda_super=self.lambda_super,
                 margin_max_cells=margin_max_cells,
                 generator=gen,
                 random_state=self.random_state,
                 show_progress=show_progress,
+                penalty=self.selection_penalty,
+                reconstruction=self.reconstruction_loss,
             )
         t2 = time.perf_counter()
         self.is_fitted = True
@@ -364,9 +386,11 @@ class MUSE:
             "history": out["history"],
             "time_initial_labels_s": t1 - t0,
             "time_training_s": t2 - t1,
+            "time_stages_s": out["timings"],
             "k": k,
             "resolution": resolution,
             "cluster_method": cluster_method,
+            "label_max_cells": label_max_cells,
         }
         return self
 
@@ -434,6 +458,8 @@ class MUSE:
             "lambda_super": self.lambda_super,
             "modality_names": self.modality_names,
             "random_state": self.random_state,
+            "selection_penalty": self.selection_penalty,
+            "reconstruction_loss": self.reconstruction_loss,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -511,6 +537,8 @@ def muse_fit_predict(
     lambda_super: float = 5.0,
     device: str | Any = "auto",
     random_state: int = 0,
+    selection_penalty: Literal["norm", "squared"] = "norm",
+    reconstruction_loss: Literal["norm", "mse"] = "norm",
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Array API: train MUSE on one array per modality and return the latent, hidden states and clusters.
@@ -548,6 +576,8 @@ def muse_fit_predict(
         lambda_super=lambda_super,
         device=device,
         random_state=random_state,
+        selection_penalty=selection_penalty,
+        reconstruction_loss=reconstruction_loss,
     )
     model.fit(xs, init_labels, **fit_kwargs)
     t0 = time.perf_counter()

@@ -99,12 +99,15 @@ class MuseModule(nn.Module):
         z, hs = self.encode(xs)
         return z, hs, self.decode(z)
 
-    def selection_penalty(self) -> torch.Tensor:
-        """Sum over modalities of the Frobenius norm of the selection matrices."""
-        return sum(torch.linalg.matrix_norm(w) for w in self.selection)
+    def selection_penalty(self, squared: bool = False) -> torch.Tensor:
+        """Sum over modalities of the Frobenius norm (``squared``: its square) of the selection matrices."""
+        sq = [(w * w).sum() for w in self.selection]
+        return sum(sq) if squared else sum(torch.sqrt(v) for v in sq)
 
 
-def zero_inflated_reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+def zero_inflated_reconstruction(
+    x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor | None = None, n_obs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reconstruction error on the non-zero entries of ``x`` only (MUSE's transcript loss).
 
     ``|| 1[x > 0] * (x_hat - x) ||_F / #{x > 0}``: the Frobenius norm (the square root of the sum of
@@ -125,6 +128,10 @@ def zero_inflated_reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.
         ``(batch, p)`` non-negative input.
     x_hat
         ``(batch, p)`` reconstruction.
+    mask, n_obs
+        Optional precomputed ``(x > 0)`` as a float tensor and its sum (the training loop computes them once
+        per epoch: a fresh boolean ``x > 0`` + ``where`` on a 64 x 500 batch cost ~0.2-0.3 ms per step, a
+        float multiply ~0.01 ms).
 
     Returns
     -------
@@ -135,9 +142,11 @@ def zero_inflated_reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.
     >>> zero_inflated_reconstruction(torch.tensor([[1.0, 0.0]]), torch.tensor([[4.0, 7.0]]))
     tensor(3.)
     """
-    mask = x > 0
-    err = torch.where(mask, x_hat - x, 0.0)
-    return torch.linalg.vector_norm(err) / mask.sum().clamp_min(1)
+    if mask is None:
+        mask = (x > 0).to(x_hat.dtype)
+    if n_obs is None:
+        n_obs = mask.sum()
+    return torch.linalg.vector_norm((x_hat - x) * mask) / n_obs.clamp_min(1)
 
 
 def dense_reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -177,15 +186,15 @@ def pairwise_distances(z: torch.Tensor) -> torch.Tensor:
 
     Examples
     --------
-    >>> pairwise_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    >>> pairwise_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]])).round(decimals=6)
     tensor([[0., 5.],
             [5., 0.]])
     """
     sq = (z * z).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0)
-    zero = d2 <= 0.0
-    # sqrt has an infinite derivative at 0: take it on a shifted value there and zero the result
-    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1e-16, d2)))
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)
+    # sqrt has an infinite derivative at 0: clamping at 1e-16 gives distance 1e-8 there (not 0) and a zero
+    # gradient; one op instead of two ``where`` (measured ~0.1 ms less per step than masking the zeros)
+    return torch.sqrt(d2.clamp_min(1e-16))
 
 
 def batch_hard_triplet_loss(labels: torch.Tensor, z: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,21 @@ The schedule of the reference implementation is
    re-clustering after every main epoch whose index is a multiple of ``cluster_update_every``.
 
 Batches are drawn without replacement from a fresh permutation each epoch and the last incomplete batch is
-dropped, as in the reference. All data stay as tensors on the device; batches are gathered by indexing (no
-DataLoader): at MUSE's tiny layer sizes the per-step Python overhead dominates the arithmetic.
+dropped, as in the reference. All data stay as tensors on the device; each epoch gathers the permuted data once
+and the batches are contiguous slices of it (no DataLoader): at MUSE's tiny layer sizes the per-step overhead
+is a large part of the cost.
+
+Large ``n``: the ``"fast"`` preset keeps the number of optimisation steps about constant above 1,000 cells
+(:meth:`MuseSchedule.for_n_cells`), the pseudo-labels are clustered on a subsample
+(``label_max_cells`` of :meth:`stmorph.models.muse.MUSE.fit`), the margin is estimated from a subsample and
+all cells are encoded in chunks under ``no_grad``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -45,6 +52,10 @@ class MuseSchedule:
         Adam learning rate.
     batch_size
         Cells per batch.
+    reference_n_cells
+        Above this many cells, epochs are capped (see :meth:`for_n_cells`); None: never.
+    max_batches_per_epoch
+        At most this many batches per epoch (a random subset of the cells each epoch); None: all.
 
     Examples
     --------
@@ -59,6 +70,7 @@ class MuseSchedule:
     lr: float
     batch_size: int
     reference_n_cells: int | None = None
+    max_batches_per_epoch: int | None = None
 
     def to_dict(self) -> dict:
         """Plain-dict view (for ``uns``)."""
@@ -67,45 +79,41 @@ class MuseSchedule:
     def for_n_cells(self, n: int) -> MuseSchedule:
         """The schedule actually run on ``n`` cells.
 
-        With ``reference_n_cells`` set (the ``"fast"`` preset), data sets larger than it get proportionally
-        fewer epochs (at least 2 per stage) so that the number of optimisation steps, not of passes over
-        the data, stays about constant; without it (``"reference"``) the epochs are used as given.
+        With ``reference_n_cells`` set (the ``"fast"`` preset) and ``n`` larger than it, every epoch is capped
+        at ``ceil(reference_n_cells / batch_size)`` batches drawn from a fresh random permutation, so the total
+        number of optimisation steps does not grow with ``n``; without it (``"reference"``) whole epochs are run.
+
+        Why steps and not epochs: the session-1 rule (fewer epochs, at least 2 per stage) ran 9,372 steps at
+        100,000 cells; under Adam every entry of the selection matrices moves by up to ``lr`` per step against
+        the penalty, they shrank towards zero, the latent collapsed (mean standard deviation 0.002) and the
+        final ARI was 0.217 (seed 0), against 0.91-0.97 at 10,000 cells with ~940 steps.
 
         Examples
         --------
-        >>> PRESETS["fast"].for_n_cells(100_000).n_epochs
-        2
-        >>> PRESETS["reference"].for_n_cells(100_000).n_epochs
-        500
+        >>> PRESETS["fast"].for_n_cells(100_000).max_batches_per_epoch
+        32
+        >>> PRESETS["reference"].for_n_cells(100_000).max_batches_per_epoch is None
+        True
         """
         if self.reference_n_cells is None or n <= self.reference_n_cells:
             return self
-        f = self.reference_n_cells / float(n)
-
-        def sc(e: int) -> int:
-            return 0 if e == 0 else max(2, int(np.ceil(e * f)))
-
-        return MuseSchedule(
-            sc(self.n_epochs_warmup),
-            sc(self.n_epochs_triplet_init),
-            sc(self.n_epochs),
-            max(1, int(np.ceil(self.cluster_update_every * f))),
-            self.lr,
-            self.batch_size,
-            None,
-        )
+        cap = int(np.ceil(self.reference_n_cells / self.batch_size))
+        return replace(self, max_batches_per_epoch=cap if self.max_batches_per_epoch is None
+                       else min(cap, self.max_batches_per_epoch))
 
 
 #: ``"reference"``: the paper's exact schedule (200 + 200 + 500 epochs, Adam 1e-4, batch 64; 13,500 steps
 #: on 1,000 cells).
-#: ``"fast"``: the default; same stages with fewer epochs and a larger step size (10 + 10 + 30 epochs, lr 1e-3,
-#: 750 steps on 1,000 cells), chosen with the simulation benchmark (benchmarks/bench_muse.py): ARI 0.905 vs
-#: 0.907 for the reference schedule on seed 0, mean 0.85 over seeds 0-4. Measured alternatives that were
-#: worse: batch 128 at the same epochs (mean ARI 0.57; with lr 2e-3: 0.49) and 6 + 6 + 20 epochs (0.83).
-#: Above 1000 cells its epochs shrink in proportion (:meth:`MuseSchedule.for_n_cells`).
+#: ``"fast"``: the default; same stages with fewer epochs and a larger step size (4 + 8 + 20 epochs, re-cluster
+#: every 6, lr 1e-3: 480 steps on 1,000 cells), chosen with the simulation benchmark (benchmarks/bench_muse.py,
+#: demo setting, seeds 0-4, session 2): mean ARI 0.876 (0.910 0.921 0.891 0.839 0.820) at 5.6-7.0 CPU s per run
+#: (load 7), vs 10 + 10 + 30 epochs (the session-1 default, 750 steps) 0.871 at 8.0-9.6 CPU s, 5 + 10 + 25
+#: 0.865, 6 + 6 + 20 0.851; the reference schedule gave 0.907 on seed 0. Measured worse: batch 128 (mean ARI
+#: 0.57; with lr 2e-3: 0.49). Above 2,000 cells each epoch is capped at 32 batches (at most 1,024 steps in all,
+#: :meth:`MuseSchedule.for_n_cells`).
 PRESETS: dict[str, MuseSchedule] = {
     "reference": MuseSchedule(200, 200, 500, 200, 1e-4, 64),
-    "fast": MuseSchedule(10, 10, 30, 10, 1e-3, 64, reference_n_cells=1000),
+    "fast": MuseSchedule(4, 8, 20, 6, 1e-3, 64, reference_n_cells=2000),
 }
 
 
@@ -158,6 +166,10 @@ def muse_loss(
     margin: float,
     lambda_regul: float,
     lambda_super: float,
+    *,
+    penalty: str = "norm",
+    reconstruction: str = "norm",
+    masks: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MUSE's total loss on one batch.
 
@@ -189,11 +201,19 @@ def muse_loss(
     ['reconstruction', 'selection', 'triplet']
     """
     z, _, recons = module(list(xs))
-    rec = sum(
-        zero_inflated_reconstruction(x, xh) if zi else dense_reconstruction(x, xh)
-        for x, xh, zi in zip(xs, recons, zero_inflated)
-    )
-    sel = module.selection_penalty()
+    if masks is None:
+        masks = [None] * len(xs)
+    if reconstruction == "mse":
+        rec = sum(
+            zero_inflated_mse(x, xh, *(mk or ())) if zi else (xh - x).pow(2).mean()
+            for x, xh, zi, mk in zip(xs, recons, zero_inflated, masks)
+        )
+    else:
+        rec = sum(
+            zero_inflated_reconstruction(x, xh, *(mk or ())) if zi else dense_reconstruction(x, xh)
+            for x, xh, zi, mk in zip(xs, recons, zero_inflated, masks)
+        )
+    sel = module.selection_penalty(squared=penalty == "squared")
     total = rec + lambda_regul * sel
     if labels is not None and lambda_super != 0:
         trip = batch_hard_triplet_losses(labels, z, margin).sum()
@@ -201,6 +221,25 @@ def muse_loss(
     else:
         trip = torch.zeros((), device=z.device)
     return total, {"reconstruction": rec.detach(), "selection": sel.detach(), "triplet": trip.detach()}
+
+
+def zero_inflated_mse(
+    x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor | None = None, n_obs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared-norm variant of the transcript loss (``reconstruction_loss="mse"``): the issue's formula, the sum of
+    squared errors on the non-zero entries of ``x`` divided by their number.
+
+    Examples
+    --------
+    >>> zero_inflated_mse(torch.tensor([[1.0, 0.0]]), torch.tensor([[4.0, 7.0]]))
+    tensor(9.)
+    """
+    if mask is None:
+        mask = (x > 0).to(x_hat.dtype)
+    if n_obs is None:
+        n_obs = mask.sum()
+    err = (x_hat - x) * mask
+    return (err * err).sum() / n_obs.clamp_min(1)
 
 
 @torch.no_grad()
@@ -255,6 +294,8 @@ def train_muse(
     generator: torch.Generator | None = None,
     random_state: int = 0,
     show_progress: bool | None = None,
+    penalty: str = "norm",
+    reconstruction: str = "norm",
 ) -> dict:
     """Train a :class:`MuseModule` with MUSE's staged schedule (in place).
 
@@ -286,8 +327,9 @@ def train_muse(
     Returns
     -------
     Dict with ``margin``, ``labels`` (the last per-modality labels used), ``history`` (per-epoch mean loss
-    terms), ``n_updates`` (number of re-clusterings) and ``schedule`` (the schedule run, after
-    :meth:`MuseSchedule.for_n_cells`).
+    terms), ``n_updates`` (number of re-clusterings), ``schedule`` (the schedule run, after
+    :meth:`MuseSchedule.for_n_cells`) and ``timings`` (wall seconds of the warm-up, the margin estimate, the
+    triplet stage with the initial labels, the main stage's training steps and all re-clusterings).
 
     Examples
     --------
@@ -297,13 +339,15 @@ def train_muse(
     >>> out = train_muse(net, xs, lab, zero_inflated=[True, False], schedule=MuseSchedule(1, 1, 1, 1, 1e-3, 64),
     ...                  cluster_fn=lambda h: np.zeros(len(h), int))
     >>> sorted(out)
-    ['history', 'labels', 'margin', 'n_updates', 'schedule']
+    ['history', 'labels', 'margin', 'n_updates', 'schedule', 'timings']
     """
     device = xs[0].device
     n = int(xs[0].shape[0])
     schedule = schedule.for_n_cells(n)
     bs = int(min(schedule.batch_size, n))
     n_batches = max(n // bs, 1)  # the reference drops the last incomplete batch
+    if schedule.max_batches_per_epoch is not None:
+        n_batches = max(1, min(n_batches, int(schedule.max_batches_per_epoch)))
     if generator is None:
         generator = torch.Generator()
         generator.manual_seed(int(random_state))
@@ -319,13 +363,23 @@ def train_muse(
         return torch.as_tensor(np.stack([np.asarray(lab) for lab in labels]), dtype=torch.long, device=device)
 
     def run_epoch(labels_t: torch.Tensor | None, margin: float, stage: str) -> None:
-        perm = torch.randperm(n, generator=generator)[: n_batches * bs].to(device).view(n_batches, bs)
+        # one gather per epoch, then contiguous slices (instead of an index_select per batch), and the
+        # transcript masks (x > 0) and their per-batch counts once per epoch, not per step (a boolean compare +
+        # ``where`` on a 64 x 500 batch cost ~0.2-0.3 ms). With the cheaper pairwise distances: 5-10 % less
+        # CPU per step (A/B, 4 interleaved pairs, 1 thread, load ~4-5: 8.2-10.4 vs 9.2-11.6 ms per step)
+        perm = torch.randperm(n, generator=generator)[: n_batches * bs].to(device)
+        xp = [x.index_select(0, perm) for x in xs]
+        mp = [(x > 0).to(x.dtype) if z else None for x, z in zip(xp, zi)]
+        cnt = [None if m is None else m.view(n_batches, bs, -1).sum(dim=(1, 2)) for m in mp]
+        lp = None if labels_t is None else labels_t.index_select(1, perm)
         acc = torch.zeros(3, device=device)
         for b in range(n_batches):
-            idx = perm[b]
-            xb = [x.index_select(0, idx) for x in xs]
-            lb = None if labels_t is None else labels_t.index_select(1, idx)
-            loss, terms = muse_loss(module, xb, zi, lb, margin, lambda_regul, lambda_super)
+            sl = slice(b * bs, (b + 1) * bs)
+            xb = [x[sl] for x in xp]
+            mb = [None if m is None else (m[sl], c[b]) for m, c in zip(mp, cnt)]
+            lb = None if lp is None else lp[:, sl]
+            loss, terms = muse_loss(module, xb, zi, lb, margin, lambda_regul, lambda_super, penalty=penalty,
+                                    reconstruction=reconstruction, masks=mb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -333,17 +387,24 @@ def train_muse(
         acc = (acc / n_batches).tolist()
         history.append({"stage": stage, "reconstruction": acc[0], "selection": acc[1], "triplet": acc[2]})
 
+    timings = {"warmup": 0.0, "margin": 0.0, "triplet_init": 0.0, "main": 0.0, "recluster": 0.0}
+
     def recluster() -> list[np.ndarray]:
+        t = time.perf_counter()
         _, hs = encode_all(module, xs)
-        return [np.asarray(cluster_fn(h)) for h in hs]
+        out = [np.asarray(cluster_fn(h)) for h in hs]
+        timings["recluster"] += time.perf_counter() - t
+        return out
 
     total = schedule.n_epochs_warmup + schedule.n_epochs_triplet_init + schedule.n_epochs
     bar = progress(range(total), desc="MUSE", total=total, disable=None if show_progress is None else not show_progress)
     it = iter(bar)
     module.train()
+    t = time.perf_counter()
     for _ in range(schedule.n_epochs_warmup):
         next(it)
         run_epoch(None, 0.0, "warmup")
+    timings["warmup"] = time.perf_counter() - t
     if lambda_super == 0:  # plain multi-view autoencoder: no margin, no labels, no re-clustering
         for _ in range(schedule.n_epochs_triplet_init + schedule.n_epochs):
             next(it)
@@ -351,15 +412,21 @@ def train_muse(
         if hasattr(bar, "close"):
             bar.close()
         return {"margin": 0.0, "labels": [np.asarray(lab) for lab in init_labels], "history": history, "n_updates": 0,
-                "schedule": schedule}
+                "schedule": schedule, "timings": timings}
+    t = time.perf_counter()
     z, _ = encode_all(module, xs)
     margin = estimate_margin(z, max_cells=margin_max_cells, random_state=random_state)
+    timings["margin"] = time.perf_counter() - t
+    t = time.perf_counter()
     labels = [np.asarray(lab) for lab in init_labels]
     labels_t = to_label_tensors(labels)
     for _ in range(schedule.n_epochs_triplet_init):
         next(it)
         run_epoch(labels_t, margin, "triplet_init")
+    timings["triplet_init"] = time.perf_counter() - t
     labels = recluster()
+    t = time.perf_counter()
+    t_rc0 = timings["recluster"]
     labels_t = to_label_tensors(labels)
     n_updates = 1
     for epoch in range(schedule.n_epochs):
@@ -369,8 +436,10 @@ def train_muse(
             labels = recluster()
             labels_t = to_label_tensors(labels)
             n_updates += 1
+    timings["main"] = time.perf_counter() - t - (timings["recluster"] - t_rc0)
     for _ in it:  # pragma: no cover - exhaust the bar
         pass
     if hasattr(bar, "close"):
         bar.close()
-    return {"margin": margin, "labels": labels, "history": history, "n_updates": n_updates, "schedule": schedule}
+    return {"margin": margin, "labels": labels, "history": history, "n_updates": n_updates, "schedule": schedule,
+            "timings": timings}
