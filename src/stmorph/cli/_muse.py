@@ -31,6 +31,11 @@ def register(app: typer.Typer) -> None:
         ),
         k: int = typer.Option(30, "--k", help="Neighbours of the PhenoGraph-style clustering."),
         resolution: float = typer.Option(1.0, "--resolution", help="Leiden resolution."),
+        label_max_cells: int = typer.Option(
+            20_000, "--label-max-cells",
+            help="Cluster at most this many cells for the pseudo-labels (the rest take the nearest centroid's label; "
+            "0: all cells). The final clusters always use every cell.",
+        ),
         seed: int = typer.Option(0, "--seed", help="Random seed (weights, batches, PCA, clustering)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (1 is best on busy machines)."),
@@ -71,6 +76,7 @@ def register(app: typer.Typer) -> None:
             n_epochs_triplet_init=triplet_init_epochs,
             k=k,
             resolution=resolution,
+            label_max_cells=label_max_cells or None,
             random_state=seed,
             device=device,
             n_threads=threads,
