@@ -14,6 +14,13 @@ def test_stage_key_is_order_independent_and_sensitive():
     assert a == stage_key({"y": {"a": [1, 2], "b": 2}, "x": 1}, "up1")
     assert a != stage_key({"x": 2, "y": {"b": 2, "a": [1, 2]}}, "up1")
     assert a != stage_key({"x": 1, "y": {"b": 2, "a": [1, 2]}}, "up2")
+    import stmorph
+
+    old, stmorph.__version__ = stmorph.__version__, "0.0.0-other"
+    try:  # a cache written by another version is not reused
+        assert a != stage_key({"x": 1, "y": {"b": 2, "a": [1, 2]}}, "up1")
+    finally:
+        stmorph.__version__ = old
 
 
 def test_stage_cache_reuses_and_is_atomic(tmp_path):

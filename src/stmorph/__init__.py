@@ -20,7 +20,7 @@ from typing import Any
 from .errors import StmorphInputError
 from .sample import LABEL_KEY, SpatialSample, StainImage, read_sample
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models"}
 

@@ -36,14 +36,20 @@ def _canonical(obj: Any) -> Any:
 
 
 def stage_key(section: Any, *upstream: str) -> str:
-    """Hash a JSON-able configuration section together with upstream keys (hex, 16 characters).
+    """Hash a JSON-able configuration section together with upstream keys and stmorph's version (hex, 16 characters).
+
+    The version is part of the key because a release may change what a stage computes with the same settings
+    (e.g. 0.2.0's default random forest and VAE presets), so a cache written by another version is not reused.
 
     Examples
     --------
     >>> stage_key({"a": 1, "b": [1, 2]}) == stage_key({"b": [1, 2], "a": 1})
     True
     """
-    payload = json.dumps({"section": _canonical(section), "upstream": list(upstream)}, sort_keys=True, default=str)
+    from .. import __version__
+
+    payload = json.dumps({"section": _canonical(section), "upstream": list(upstream), "stmorph": __version__},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
