@@ -258,15 +258,18 @@ def _run_leiden_tasks(tasks: list[tuple], n_jobs: int | None, desc: str, disable
     import os
     import sys
 
+    linux = sys.platform.startswith("linux")
     workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    workers = workers if n_jobs in (None, -1) else max(1, int(n_jobs))
+    # by default only where fork exists: spawn re-imports the caller's script, which breaks scripts without a
+    # `if __name__ == "__main__":` guard; an explicit n_jobs > 1 uses spawn there
+    workers = (workers if linux else 1) if n_jobs in (None, -1) else max(1, int(n_jobs))
     workers = min(workers, len(tasks))
     if workers <= 1:
         return [_leiden_task(t) for t in progress(tasks, desc=desc, disable=disable)]
     from concurrent.futures import ProcessPoolExecutor
 
     # fork is cheap and inherits the imports; elsewhere (macOS, Windows) spawn re-imports stmorph in each worker
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx = mp.get_context("fork" if linux else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
         return list(progress(ex.map(_leiden_task, tasks), total=len(tasks), desc=desc, disable=disable))
 
