@@ -22,6 +22,8 @@ from stmorph.models.muse import (
     muse_fit_predict,
     muse_loss,
     pairwise_distances,
+    partition_silhouette,
+    silhouette_weights,
     zero_inflated_reconstruction,
 )
 
@@ -322,3 +324,65 @@ def test_cli_muse(tmp_path, tiny_mdata):
     assert (tmp_path / "m.pt").exists()
     res = CliRunner().invoke(app, args)  # exists, no --overwrite
     assert res.exit_code != 0
+
+
+# -- label_weighting="silhouette" ----------------------------------------------------------------------------
+def test_partition_silhouette_matches_sklearn_and_weights():
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(3), 60)
+    X = rng.normal(0, 1, (180, 40)) + 8.0 * np.eye(40)[lab * 5]  # 3 clusters along 3 axes, 40 dims
+    ref = silhouette_score(PCA(n_components=10, random_state=0).fit_transform(X.astype(np.float32)), lab)
+    assert partition_silhouette(X, lab) == pytest.approx(ref, abs=1e-5)
+    assert partition_silhouette(X, lab) > 0.5
+    assert abs(partition_silhouette(X, rng.permutation(lab))) < 0.05  # random labels: ~0
+    sub = partition_silhouette(X, lab, max_cells=90)  # subsample path
+    assert sub == pytest.approx(ref, abs=0.1)
+    assert partition_silhouette(X, np.zeros(180, int)) == 0.0
+    np.testing.assert_allclose(silhouette_weights([0.3, 0.15, -0.2]), [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(silhouette_weights([-0.1, -0.2]), [1.0, 1.0])
+
+
+def test_weighted_triplet_loss_by_hand():
+    torch.manual_seed(0)
+    net = MuseModule([7, 9], latent_dim=6, n_hidden=16)
+    xs = [torch.rand(12, 7), torch.rand(12, 9)]
+    labels = torch.tensor(np.random.default_rng(1).integers(0, 3, size=(2, 12)))
+    w = torch.tensor([0.25, 1.0])
+    total_w, terms_w = muse_loss(net, xs, [True, False], labels, 0.7, 5.0, 2.0, label_weights=w)
+    total, _ = muse_loss(net, xs, [True, False], labels, 0.7, 5.0, 2.0)
+    z, _ = net.encode(xs)
+    t0, t1 = (batch_hard_triplet_loss(lab, z, 0.7).item() for lab in labels)
+    assert terms_w["triplet"].item() == pytest.approx(0.25 * t0 + t1, rel=1e-5)
+    assert (total - total_w).item() == pytest.approx(2.0 * 0.75 * t0, rel=1e-4)
+
+
+def test_silhouette_weighting_drops_a_noise_modality():
+    """A modality of pure noise gets triplet weight 0 at every (re)clustering; the informative one keeps 1."""
+    md = simulate_multimodal(n_clusters=4, n_cells=200, n_features=(30, 40), latent_dim=8, random_state=0)
+    noise = np.random.default_rng(0).random((200, 30)).astype(np.float32)
+    xs = [noise, md["morph"].X]
+    out = muse_fit_predict(xs, latent_dim=10, random_state=0, label_weighting="silhouette", **TINY)
+    w = np.array(out["model"].train_info["label_weights"])
+    assert w.shape == (3, 2)  # initial labels + 2 re-clusterings, 2 modalities
+    assert np.all(w[:, 1] == 1.0)
+    assert w[0, 0] < 0.3, w  # initial labels of the noise modality (measured silhouette ~0)
+    # "gate" decides once from the signs of the initial silhouettes; uniform noise clustered by Leiden scores
+    # slightly above 0 (measured 0.005 here), so a noise modality is kept by the gate: check the rule itself
+    gate = muse_fit_predict(xs, latent_dim=10, random_state=0, label_weighting="gate", **TINY)
+    info = gate["model"].train_info
+    s0 = np.array(info["label_silhouettes"][0])
+    np.testing.assert_array_equal(info["label_weights"], [(s0 > 0).astype(float).tolist()] * 3)
+    assert len(info["label_silhouettes"]) == 1 and s0[1] > 0.1
+    # random user labels on a modality score below 0 (measured -0.02): gated off for the whole training
+    rand = np.random.default_rng(0).integers(0, 4, 200)
+    gate2 = muse_fit_predict(xs, [rand, None], latent_dim=10, random_state=0, label_weighting="gate", **TINY)
+    info2 = gate2["model"].train_info
+    assert info2["label_silhouettes"][0][0] < 0
+    np.testing.assert_array_equal(info2["label_weights"], [[0.0, 1.0]] * 3)
+    base = muse_fit_predict(xs, latent_dim=10, random_state=0, **TINY)
+    np.testing.assert_array_equal(base["model"].train_info["label_weights"], np.ones((3, 2)))
+    with pytest.raises(StmorphInputError):
+        MUSE([3, 3], label_weighting="bogus")

@@ -44,6 +44,7 @@ def muse(
     cluster_method: Literal["leiden", "louvain"] = "leiden",
     n_pcs: int = 100,
     label_max_cells: int | None = 20_000,
+    label_weighting: Literal["none", "silhouette", "gate"] = "none",
     random_state: int = 0,
     key_added: str = "X_muse",
     cluster_key: str = "muse_clusters",
@@ -90,6 +91,12 @@ def muse(
         The pseudo-labels (initial labels, re-clusterings) cluster at most this many random cells and label
         the rest by the nearest cluster centroid (bounds their cost at large n; None: all cells). The final
         ``cluster_key`` clusters always use every cell.
+    label_weighting
+        ``"none"`` (the reference), ``"silhouette"`` (scale each modality's triplet loss by the silhouette
+        of its pseudo-labels relative to the best modality) or ``"gate"`` (drop the triplet loss of a
+        modality whose initial labels are no better than random); see :class:`stmorph.models.muse.MUSE`.
+        Helps when one modality's labels are near random (heavy transcript dropout), see
+        benchmarks/results/muse.md.
     random_state
         Seed (weights, batches, PCA, clustering).
     key_added
@@ -177,6 +184,7 @@ def muse(
         modality_names=mods,
         device=device,
         random_state=random_state,
+        label_weighting=label_weighting,
     )
     model.fit(
         xs,
@@ -224,6 +232,7 @@ def muse(
             "cluster_method": cluster_method,
             "n_pcs": int(n_pcs),
             "label_max_cells": 0 if label_max_cells is None else int(label_max_cells),  # 0: all cells
+            "label_weighting": label_weighting,
             "random_state": int(random_state),
             "device": str(model.device),
             "key_added": key_added,

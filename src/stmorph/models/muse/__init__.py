@@ -9,7 +9,16 @@ from ._module import (
     pairwise_distances,
     zero_inflated_reconstruction,
 )
-from ._train import PRESETS, MuseSchedule, encode_all, estimate_margin, muse_loss, train_muse
+from ._train import (
+    PRESETS,
+    MuseSchedule,
+    encode_all,
+    estimate_margin,
+    muse_loss,
+    partition_silhouette,
+    silhouette_weights,
+    train_muse,
+)
 
 __all__ = [
     "MUSE",
@@ -23,6 +32,8 @@ __all__ = [
     "train_muse",
     "encode_all",
     "estimate_margin",
+    "partition_silhouette",
+    "silhouette_weights",
     "batch_hard_triplet_loss",
     "batch_hard_triplet_losses",
     "pairwise_distances",

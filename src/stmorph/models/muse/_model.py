@@ -176,6 +176,16 @@ class MUSE:
         ``"auto"``, ``"cpu"``, ``"cuda"``.
     random_state
         Seed of the initial weights, batches, PCA and clustering.
+    selection_penalty, reconstruction_loss
+        Loss forms: ``"norm"`` (the reference) or the squared / mean-squared alternatives (measured, not better).
+    label_weighting
+        ``"none"`` (the reference) or ``"silhouette"``: scale each modality's triplet loss by the quality of
+        its pseudo-labels, ``clip(s_m, 0) / max_m s_m`` with ``s_m`` the silhouette of the labels in the
+        first 10 principal components of the space they were clustered in (see
+        :func:`stmorph.models.muse._train.silhouette_weights`); meant for a modality whose labels are near
+        random (e.g. heavy transcript dropout). ``"gate"``: weight 0 for the whole training for a modality
+        whose initial labels have a silhouette <= 0, 1 otherwise (identical to ``"none"`` when every modality's
+        initial labels score above 0). Off by default (see benchmarks/results/muse.md).
 
     Examples
     --------
@@ -201,6 +211,7 @@ class MUSE:
         random_state: int = 0,
         selection_penalty: Literal["norm", "squared"] = "norm",
         reconstruction_loss: Literal["norm", "mse"] = "norm",
+        label_weighting: Literal["none", "silhouette", "gate"] = "none",
     ) -> None:
         n_features = [int(p) for p in n_features]
         if len(n_features) < 2:
@@ -224,8 +235,13 @@ class MUSE:
             raise StmorphInputError(f"selection_penalty={selection_penalty!r}", expected="'norm' or 'squared'")
         if reconstruction_loss not in ("norm", "mse"):
             raise StmorphInputError(f"reconstruction_loss={reconstruction_loss!r}", expected="'norm' or 'mse'")
+        if label_weighting not in ("none", "silhouette", "gate"):
+            raise StmorphInputError(
+                f"label_weighting={label_weighting!r}", expected="'none', 'silhouette' or 'gate'"
+            )
         self.selection_penalty = selection_penalty
         self.reconstruction_loss = reconstruction_loss
+        self.label_weighting = label_weighting
         self.modality_names = (
             list(modality_names)
             if modality_names is not None
@@ -374,6 +390,7 @@ class MUSE:
                 show_progress=show_progress,
                 penalty=self.selection_penalty,
                 reconstruction=self.reconstruction_loss,
+                label_weighting=self.label_weighting,
             )
         t2 = time.perf_counter()
         self.is_fitted = True
@@ -391,6 +408,8 @@ class MUSE:
             "resolution": resolution,
             "cluster_method": cluster_method,
             "label_max_cells": label_max_cells,
+            "label_weights": out["label_weights"],
+            "label_silhouettes": out["label_silhouettes"],
         }
         return self
 
@@ -460,6 +479,7 @@ class MUSE:
             "random_state": self.random_state,
             "selection_penalty": self.selection_penalty,
             "reconstruction_loss": self.reconstruction_loss,
+            "label_weighting": self.label_weighting,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -539,6 +559,7 @@ def muse_fit_predict(
     random_state: int = 0,
     selection_penalty: Literal["norm", "squared"] = "norm",
     reconstruction_loss: Literal["norm", "mse"] = "norm",
+    label_weighting: Literal["none", "silhouette", "gate"] = "none",
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Array API: train MUSE on one array per modality and return the latent, hidden states and clusters.
@@ -550,6 +571,8 @@ def muse_fit_predict(
     init_labels
         Optional initial labels per modality.
     latent_dim, zero_inflated, lambda_regul, lambda_super, device, random_state
+        See :class:`MUSE`.
+    selection_penalty, reconstruction_loss, label_weighting
         See :class:`MUSE`.
     **fit_kwargs
         Passed to :meth:`MUSE.fit` (``preset``, epochs, ``k``, ...).
@@ -578,6 +601,7 @@ def muse_fit_predict(
         random_state=random_state,
         selection_penalty=selection_penalty,
         reconstruction_loss=reconstruction_loss,
+        label_weighting=label_weighting,
     )
     model.fit(xs, init_labels, **fit_kwargs)
     t0 = time.perf_counter()
