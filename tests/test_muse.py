@@ -314,13 +314,16 @@ def test_cli_muse(tmp_path, tiny_mdata):
     tiny_mdata.write_h5mu(src)
     out = tmp_path / "out.h5mu"
     args = ["muse", str(src), "-o", str(out), "--latent-dim", "4", "--epochs", "2", "--warmup-epochs", "2",
-            "--triplet-init-epochs", "2", "--k", "10", "--threads", "1", "--model-out", str(tmp_path / "m.pt")]
+            "--triplet-init-epochs", "2", "--k", "10", "--threads", "1", "--model-out", str(tmp_path / "m.pt"),
+            "--label-max-cells", "100", "--label-weighting", "gate"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     import mudata
 
     back = mudata.read_h5mu(out)
     assert back.obsm["X_muse"].shape == (150, 4) and "muse_clusters" in back.obs
+    params = back.uns["muse"]["params"]
+    assert params["label_weighting"] == "gate" and int(params["label_max_cells"]) == 100
     assert (tmp_path / "m.pt").exists()
     res = CliRunner().invoke(app, args)  # exists, no --overwrite
     assert res.exit_code != 0

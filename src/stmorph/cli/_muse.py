@@ -36,6 +36,11 @@ def register(app: typer.Typer) -> None:
             help="Cluster at most this many cells for the pseudo-labels (the rest take the nearest centroid's label; "
             "0: all cells). The final clusters always use every cell.",
         ),
+        label_weighting: str = typer.Option(
+            "none", "--label-weighting",
+            help="Triplet-loss weight per modality: none (the reference), gate (drop a modality whose initial "
+            "pseudo-labels have silhouette <= 0; helps when one modality is mostly dropout) or silhouette.",
+        ),
         seed: int = typer.Option(0, "--seed", help="Random seed (weights, batches, PCA, clustering)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (1 is best on busy machines)."),
@@ -77,6 +82,7 @@ def register(app: typer.Typer) -> None:
             k=k,
             resolution=resolution,
             label_max_cells=label_max_cells or None,
+            label_weighting=label_weighting,
             random_state=seed,
             device=device,
             n_threads=threads,
