@@ -112,3 +112,13 @@ def test_rf_classification_backends_agree(data):
     assert a.params["backend"] == "stmorph"
     assert abs(a.balanced_accuracy - b.balanced_accuracy) < 0.03
     assert np.abs(a.per_label.to_numpy() - b.per_label.to_numpy()).max() < 0.08
+
+
+def test_bad_input_is_refused(data):
+    X, y = data
+    bad = X[:100].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="X_train has NaN"):
+        forest_predict_proba(bad, y[:100], X[100:110], n_trees=2)
+    with pytest.raises(ValueError, match="do not match"):
+        forest_predict_proba(X[:100], y[:100], X[100:110, :3], n_trees=2)

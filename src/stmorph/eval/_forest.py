@@ -146,6 +146,11 @@ def forest_predict_proba(
     y = np.ascontiguousarray(np.asarray(y_train, dtype=np.int64))
     if Xtr.ndim != 2 or Xte.ndim != 2 or Xtr.shape[1] != Xte.shape[1] or y.shape[0] != Xtr.shape[0]:
         raise ValueError(f"shapes X_train {Xtr.shape}, y_train {y.shape}, X_test {Xte.shape} do not match")
+    for name, A in (("X_train", Xtr), ("X_test", Xte)):
+        if not np.isfinite(A).all():
+            raise ValueError(f"{name} has NaN or infinite values (or values beyond float32); impute or drop them first")
+    if y.size == 0 or y.min() < 0:
+        raise ValueError("y_train must hold integer class codes 0..C-1 for at least one cell")
     n_classes = int(y.max()) + 1
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     if class_weight == "balanced":
