@@ -2,7 +2,7 @@
 
 Why our own: the study's forest (1,000 fully grown trees x 5 folds) was most of ``stmorph evaluate``'s time. This
 implementation grows the trees of sklearn's defaults: a bootstrap of n draws with replacement (with balanced class
-weights as the draws' sampling probabilities, as sklearn >= 1.8 does), ``max_features`` candidate features per node
+weights as the draws' sampling probabilities, as sklearn >= 1.9 does), ``max_features`` candidate features per node
 drawn without replacement (features constant in the node count as drawn; at least one must vary), the best Gini
 split at midpoints between distinct values, trees grown until pure, soft voting of leaf class fractions. It
 
@@ -113,7 +113,7 @@ def forest_predict_proba(
         Candidate features per node (see :func:`resolve_max_features`).
     class_weight
         ``"balanced"`` (``n / (C * n_c)`` per class, as sklearn) or None. With ``bootstrap`` the weights are the
-        sampling probabilities of the bootstrap draws, as in sklearn >= 1.8 (sklearn < 1.8 multiplied them into
+        sampling probabilities of the bootstrap draws, as in sklearn >= 1.9 (sklearn < 1.9 multiplied them into
         the bootstrap counts).
     random_state
         Seed; each tree's stream is derived from it and the tree's index.
@@ -161,7 +161,7 @@ def forest_predict_proba(
     else:
         raise ValueError(f"class_weight={class_weight!r}; expected 'balanced' or None")
     if bootstrap:
-        # sklearn >= 1.8: the class weights become the bootstrap's sampling probabilities and the bootstrap counts
+        # sklearn >= 1.9: the class weights become the bootstrap's sampling probabilities and the bootstrap counts
         # the tree's sample weights (older versions multiplied the class weights into the counts instead)
         sw = np.ones(y.size)
         cum = np.cumsum(cw[y]) if class_weight is not None else np.empty(0)

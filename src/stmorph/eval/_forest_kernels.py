@@ -68,7 +68,7 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
     for _ in range(n_draws):
         if cum.size == 0:
             counts[_randint(state, n)] += 1
-        else:  # draw with probabilities (sklearn >= 1.8 with sample or class weights)
+        else:  # draw with probabilities (sklearn >= 1.9 with sample or class weights)
             u = (_next(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0) * cum[n - 1]
             k = np.searchsorted(cum, u, side="right")
             counts[min(k, n - 1)] += 1
