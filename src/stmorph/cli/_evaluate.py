@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         rf_max_samples: float = typer.Option(None, "--rf-max-samples", help="Bootstrap fraction per tree (default: "
                                              "full size, the study's). 0.1 is ~4x faster but changes the accuracies."),
         rf_backend: str = typer.Option("stmorph", "--rf-backend", help="Random forest: stmorph (numba, the "
-                                       "same algorithm as sklearn's, ~5x less CPU) or sklearn."),
+                                       "same algorithm as sklearn's; ~5x less CPU on dense features) or sklearn."),
         permdisp_test: list[str] = typer.Option(["median", "centroid"], "--permdisp-test",
                                                 help="PERMDISP centre(s): median and/or centroid; repeatable."),
         leiden_backend: str = typer.Option("leidenalg", "--leiden-backend", help="Leiden optimiser for the tuning: "

@@ -40,7 +40,8 @@ class EvalConfig:
         stain balanced accuracy 0.267 vs 0.238 with full bootstrap, TC Stromal recall 0.67 vs 0.82), so it is
         off by default.
     rf_backend
-        ``"stmorph"`` (default; the numba forest, same algorithm as sklearn's, ~5x less CPU) or ``"sklearn"``.
+        ``"stmorph"`` (default; the numba forest, same algorithm as sklearn's; ~5x less CPU on dense
+        features, no gain on sparse counts) or ``"sklearn"``.
     k_grid, resolutions, min_clusters
         Leiden grid and the lower bound on clusters (>= 5).
     leiden_backend
