@@ -99,7 +99,7 @@ def test_nearest_centroid_matches_sklearn():
     lab = rng.integers(0, 4, size=200)
     X = rng.normal(size=(500, 5))
     want = NearestCentroid().fit(ref, lab).predict(X)
-    np.testing.assert_array_equal(nearest_centroid_labels(X, ref, lab, block_size=64), want)
+    np.testing.assert_array_equal(nearest_centroid_labels(X, ref, lab), want)
 
 
 def test_subsampled_clustering_recovers_blobs_and_reports_timings():

@@ -131,10 +131,10 @@ def jaccard_graph(idx: np.ndarray, *, block_size: int = 8192) -> sp.csr_matrix:
     return W
 
 
-def nearest_centroid_labels(
-    X: np.ndarray, X_ref: np.ndarray, labels_ref: np.ndarray, *, block_size: int = 16384
-) -> np.ndarray:
+def nearest_centroid_labels(X: np.ndarray, X_ref: np.ndarray, labels_ref: np.ndarray) -> np.ndarray:
     """Label every row of ``X`` with the label whose centroid (mean of ``X_ref`` rows) is nearest.
+
+    A thin wrapper of :class:`sklearn.neighbors.NearestCentroid` returning int64 labels.
 
     Parameters
     ----------
@@ -143,9 +143,7 @@ def nearest_centroid_labels(
     X_ref
         ``(m, d)`` labelled rows.
     labels_ref
-        ``(m,)`` integer labels ``0..c-1`` of ``X_ref``.
-    block_size
-        Rows of ``X`` processed at once.
+        ``(m,)`` integer labels of ``X_ref``.
 
     Returns
     -------
@@ -157,19 +155,10 @@ def nearest_centroid_labels(
     >>> nearest_centroid_labels(np.array([[2.0], [8.0]]), ref, np.array([0, 0, 1])).tolist()
     [0, 1]
     """
-    X_ref = np.asarray(X_ref, dtype=np.float64)
-    labels_ref = np.asarray(labels_ref, dtype=np.int64)
-    c = int(labels_ref.max()) + 1
-    counts = np.bincount(labels_ref, minlength=c).astype(np.float64)
-    cent = np.zeros((c, X_ref.shape[1]))
-    np.add.at(cent, labels_ref, X_ref)
-    cent /= np.maximum(counts, 1.0)[:, None]
-    cn = (cent * cent).sum(1)
-    out = np.empty(X.shape[0], dtype=np.int64)
-    for s in range(0, X.shape[0], block_size):
-        xb = np.asarray(X[s : s + block_size], dtype=np.float64)
-        out[s : s + block_size] = np.argmin(cn[None, :] - 2.0 * xb @ cent.T, axis=1)
-    return out
+    from sklearn.neighbors import NearestCentroid
+
+    model = NearestCentroid().fit(np.asarray(X_ref, dtype=np.float64), np.asarray(labels_ref, dtype=np.int64))
+    return np.asarray(model.predict(np.asarray(X, dtype=np.float64)), dtype=np.int64)
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:

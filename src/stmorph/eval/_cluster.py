@@ -242,6 +242,15 @@ def _to_igraph(G):
     return g
 
 
+def _pick_best(table: pd.DataFrame, warning: str) -> pd.Series:
+    """The eligible grid row with the highest silhouette, else (with ``warning``) the one with the most clusters."""
+    ok = table[table["eligible"]]
+    if len(ok):
+        return ok.loc[ok["silhouette"].idxmax()]
+    warnings.warn(warning, stacklevel=3)
+    return table.loc[table["n_clusters"].idxmax()]
+
+
 def _leiden_task(task: tuple) -> np.ndarray:
     """One Leiden run from plain data (picklable, for worker processes): single space or multiplex."""
     kind, graphs, resolution, weights, random_state, backend = task
@@ -255,14 +264,14 @@ def _run_leiden_tasks(tasks: list[tuple], n_jobs: int | None, desc: str, disable
     help). Every run is seeded on its own, so the results do not depend on ``n_jobs``. Measured on the ileum
     stain space (21 runs of 5,194 cells, 2 idle cores): see ``benchmarks/RESULTS.md``."""
     import multiprocessing as mp
-    import os
     import sys
 
+    from .._utils import default_num_threads
+
     linux = sys.platform.startswith("linux")
-    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     # by default only where fork exists: spawn re-imports the caller's script, which breaks scripts without a
     # `if __name__ == "__main__":` guard; an explicit n_jobs > 1 uses spawn there
-    workers = (workers if linux else 1) if n_jobs in (None, -1) else max(1, int(n_jobs))
+    workers = (default_num_threads() if linux else 1) if n_jobs in (None, -1) else max(1, int(n_jobs))
     workers = min(workers, len(tasks))
     if workers <= 1:
         return [_leiden_task(t) for t in progress(tasks, desc=desc, disable=disable)]
@@ -420,13 +429,7 @@ def leiden_tune(
                      "eligible": n_cl >= min_clusters})
         results[(k, r)] = cl
     table = pd.DataFrame(rows)
-    ok = table[table["eligible"]]
-    if len(ok):
-        best = ok.loc[ok["silhouette"].idxmax()]
-    else:
-        warnings.warn(f"no (k, resolution) reached {min_clusters} clusters; keeping the one with the most clusters",
-                      stacklevel=2)
-        best = table.loc[table["n_clusters"].idxmax()]
+    best = _pick_best(table, f"no (k, resolution) reached {min_clusters} clusters; keeping the one with the most")
     k, r = int(best["k"]), float(best["resolution"])
     return LeidenResult(results[(k, r)].astype(str), k, r, float(best["silhouette"]), table, graphs)
 
@@ -534,11 +537,6 @@ def multiplex_leiden(
                      "silhouette": (s1 + s2) / 2, "eligible": n_cl >= min_clusters})
         results[float(w)] = cl
     table = pd.DataFrame(rows)
-    ok = table[table["eligible"]]
-    if len(ok):
-        best = ok.loc[ok["silhouette"].idxmax()]
-    else:
-        warnings.warn(f"no weight reached {min_clusters} clusters; keeping the one with the most", stacklevel=2)
-        best = table.loc[table["n_clusters"].idxmax()]
+    best = _pick_best(table, f"no weight reached {min_clusters} clusters; keeping the one with the most")
     w = float(best["weight"])
     return MultiplexResult(results[w], w, float(best["silhouette"]), table)

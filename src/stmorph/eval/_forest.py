@@ -59,11 +59,11 @@ def resolve_max_features(max_features: str | int | float | None, d: int) -> int:
     return max(1, int(float(max_features) * d))
 
 
-def _rank_encode(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rank_encode(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature dense ranks of ``X`` (ties share a rank) and the sorted unique values.
 
-    Returns ``ranks (d, n) int32`` (one contiguous row per feature), ``values (d, max_unique) float64`` (padded
-    with +inf) and ``n_unique (d,)``.
+    Returns ``ranks (d, n) int32`` (one contiguous row per feature) and ``values (d, max_unique) float64``
+    (padded with +inf).
     """
     n, d = X.shape
     ranks = np.empty((d, n), dtype=np.int32)
@@ -76,7 +76,7 @@ def _rank_encode(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values = np.full((d, m), np.inf)
     for j, u in enumerate(uniq):
         values[j, : u.size] = u
-    return ranks, values, np.array([u.size for u in uniq], dtype=np.int64)
+    return ranks, values
 
 
 def forest_predict_proba(
@@ -170,7 +170,7 @@ def forest_predict_proba(
     n_draws = 0
     if bootstrap:
         n_draws = y.size if max_samples is None else max(1, int(round(y.size * float(max_samples))))
-    ranks, values, _ = _rank_encode(Xtr)
+    ranks, values = _rank_encode(Xtr)
     mtry = resolve_max_features(max_features, Xtr.shape[1])
     ss = np.random.SeedSequence(int(random_state))
     seeds = ss.generate_state(n_trees, dtype=np.uint64)
@@ -178,7 +178,7 @@ def forest_predict_proba(
     threads = old if n_jobs is None or n_jobs < 1 else min(int(n_jobs), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
     try:
-        proba, nodes = forest_kernel(ranks, y, sw, cum, values.astype(np.float64), n_classes, mtry, seeds,
+        proba, nodes = forest_kernel(ranks, y, sw, cum, values, n_classes, mtry, seeds,
                                Xte.astype(np.float64), _N_BLOCKS, n_draws)
     finally:
         numba.set_num_threads(old)

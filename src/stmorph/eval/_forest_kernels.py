@@ -110,7 +110,6 @@ def grow_and_route(ranks, y, sw, cum, values, n_classes, mtry, seed, Xte, out, n
     shift = np.int64(32)
     mask = (np.int64(1) << shift) - 1
     n_nodes = 1
-    top = 0
     st_start[0], st_end[0], st_node[0] = 0, n_u, 0
     top = 1
     while top > 0:
