@@ -18,13 +18,24 @@ import importlib
 from typing import Any
 
 from .errors import StmorphInputError
-from .sample import LABEL_KEY, SpatialSample, StainImage, read_sample
+from .sample import (
+    LABEL_ID_KEY,
+    LABEL_KEY,
+    LabelImage,
+    PolygonSegmentation,
+    SpatialSample,
+    StainImage,
+    read_sample,
+)
 
 __version__ = "0.2.0"
 
 _SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models"}
 
-__all__ = ["SpatialSample", "StainImage", "StmorphInputError", "read_sample", "LABEL_KEY", "__version__", *sorted(_SUBMODULES)]
+__all__ = [
+    "SpatialSample", "StainImage", "LabelImage", "PolygonSegmentation", "StmorphInputError", "read_sample", "LABEL_KEY",
+    "LABEL_ID_KEY", "__version__", *sorted(_SUBMODULES),
+]
 
 
 def __getattr__(name: str) -> Any:

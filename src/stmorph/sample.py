@@ -10,6 +10,9 @@ A :class:`SpatialSample` holds
   optionally ``z``.
 * ``images`` - named stain channels (``"DAPI"``, ``"membrane"``, ...) as :class:`StainImage`, 2-D arrays read
   lazily from disk (memory-mapped where the TIFF allows it).
+* ``segmentation`` - the cell segmentation on the stains' pixel grid, read lazily: a :class:`LabelImage`
+  (raster of labels) or a :class:`PolygonSegmentation` (cell polygons rasterised on demand); ``.read()`` returns
+  the 2-D label array. ``obs["label_id"]`` holds each cell's label value in it (0 = the cell has no mask).
 * ``pixel_size`` - micrometres per pixel, ``name`` and ``provenance`` (reader, files, parameters).
 
 Pixel coordinates are the one coordinate system inside stmorph: readers convert micrometres to pixels once.
@@ -28,126 +31,19 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ._image import LabelImage, PolygonSegmentation, Segmentation, StainImage
 from .errors import StmorphInputError
 
-__all__ = ["StainImage", "SpatialSample", "MoleculeIndex", "LABEL_KEY", "read_sample"]
+__all__ = [
+    "StainImage", "LabelImage", "PolygonSegmentation", "SpatialSample", "MoleculeIndex", "LABEL_KEY", "LABEL_ID_KEY",
+    "read_sample",
+]
 
 #: Default ``obs`` column for cell-type labels.
 LABEL_KEY = "cell_type"
-_FORMAT_VERSION = 1
-
-
-class StainImage:
-    """One 2-D stain channel, read lazily.
-
-    Parameters
-    ----------
-    source
-        A path to a TIFF file (2-D image or a z-stack) or an in-memory 2-D array.
-    z
-        The z-plane to take from a stack (first axis of a 3-D image). Required to pick a plane from a stack;
-        ``None`` with a 3-D stack is an error. Ignored for 2-D images.
-    channel_axis
-        Optional: for multi-channel TIFFs, the index along the first axis (after the z-plane) to use.
-
-    Examples
-    --------
-    >>> img = StainImage(np.zeros((64, 64), dtype=np.uint16))
-    >>> img.shape
-    (64, 64)
-    """
-
-    def __init__(self, source: str | PathLike | np.ndarray, *, z: int | None = None, channel: int | None = None):
-        self.z = None if z is None else int(z)
-        self.channel = None if channel is None else int(channel)
-        self._array: np.ndarray | None = None
-        if isinstance(source, np.ndarray):
-            if source.ndim != 2:
-                raise StmorphInputError(
-                    f"an in-memory stain image must be 2-D, got shape {source.shape}", expected="a (rows, columns) array"
-                )
-            self.path: Path | None = None
-            self._array = source
-        else:
-            self.path = Path(source)
-            if not self.path.exists():
-                raise StmorphInputError("stain image not found", file=self.path, expected="an existing TIFF file")
-
-    # -- reading ---------------------------------------------------------------------------------------------
-    def read(self) -> np.ndarray:
-        """Return the 2-D plane (memory-mapped when possible, cached after the first call)."""
-        if self._array is None:
-            self._array = self._load()
-        return self._array
-
-    def _load(self) -> np.ndarray:
-        import tifffile
-
-        assert self.path is not None
-        try:
-            try:
-                arr = tifffile.memmap(self.path, mode="r")
-            except (ValueError, OSError, tifffile.TiffFileError):
-                arr = tifffile.imread(self.path)
-        except Exception as exc:  # unreadable or corrupt TIFF
-            raise StmorphInputError(
-                f"cannot read the stain image ({type(exc).__name__}: {exc})", file=self.path, expected="a readable TIFF"
-            ) from exc
-        arr = np.asarray(arr) if not isinstance(arr, np.memmap) else arr
-        # squeeze singleton leading axes (e.g. (1, H, W))
-        while arr.ndim > 2 and arr.shape[0] == 1 and self.z is None:
-            arr = arr[0]
-        if arr.ndim == 3:
-            if self.z is None and self.channel is None:
-                raise StmorphInputError(
-                    f"the image is a stack of {arr.shape[0]} planes; choose one with z=",
-                    file=self.path,
-                    expected="a z-plane index",
-                )
-            idx = self.z if self.z is not None else self.channel
-            if not 0 <= idx < arr.shape[0]:
-                raise StmorphInputError(
-                    f"plane {idx} is out of range for a stack of {arr.shape[0]} planes",
-                    file=self.path,
-                    expected=f"0 <= z < {arr.shape[0]}",
-                )
-            arr = arr[idx]
-        elif arr.ndim == 4:
-            if self.z is None or self.channel is None:
-                raise StmorphInputError(
-                    f"the image has shape {arr.shape}; give both z= and channel=", file=self.path, expected="z and channel"
-                )
-            if not (0 <= self.z < arr.shape[0] and 0 <= self.channel < arr.shape[1]):
-                raise StmorphInputError(
-                    f"(z={self.z}, channel={self.channel}) is out of range for shape {arr.shape}", file=self.path
-                )
-            arr = arr[self.z, self.channel]
-        elif arr.ndim == 2:
-            if self.z not in (None, 0):
-                raise StmorphInputError(
-                    f"z={self.z} was requested but the image is a single 2-D plane", file=self.path, expected="z=None or 0"
-                )
-        else:
-            raise StmorphInputError(f"unsupported image shape {arr.shape}", file=self.path, expected="a 2-D image or a z-stack")
-        return arr
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, columns) of the plane."""
-        return tuple(self.read().shape)  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.read().dtype
-
-    def to_spec(self) -> dict[str, Any]:
-        """A JSON-serialisable reference to this image (used by :meth:`SpatialSample.write`)."""
-        return {"path": None if self.path is None else str(self.path.resolve()), "z": self.z, "channel": self.channel}
-
-    def __repr__(self) -> str:
-        src = "in-memory" if self.path is None else str(self.path)
-        z = "" if self.z is None else f", z={self.z}"
-        return f"StainImage({src}{z})"
+#: ``obs`` column with each cell's label value in :attr:`SpatialSample.segmentation` (0 = no mask).
+LABEL_ID_KEY = "label_id"
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -190,6 +86,9 @@ class SpatialSample:
         Sample name.
     provenance
         Where the sample came from (reader, files, arguments); stored with the sample.
+    segmentation
+        Optional cell segmentation on the stains' grid (:class:`LabelImage` or :class:`PolygonSegmentation`);
+        ``obs["label_id"]`` then gives each cell's label in it.
 
     Examples
     --------
@@ -205,6 +104,7 @@ class SpatialSample:
     pixel_size: float | None = None
     name: str = "sample"
     provenance: dict[str, Any] = field(default_factory=dict)
+    segmentation: Segmentation | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -232,6 +132,31 @@ class SpatialSample:
     @property
     def channel_names(self) -> list[str]:
         return list(self.images)
+
+    @property
+    def has_segmentation(self) -> bool:
+        """Whether the sample carries a cell segmentation."""
+        return self.segmentation is not None
+
+    def label_ids(self) -> np.ndarray:
+        """Each cell's label value in :attr:`segmentation` (``obs["label_id"]``; 0 = no mask), as int64."""
+        if self.segmentation is None:
+            raise StmorphInputError(
+                "this sample has no segmentation", expected="a reader that loads one, or sample.segmentation = ..."
+            )
+        if LABEL_ID_KEY not in self.adata.obs:
+            raise StmorphInputError(
+                f"the sample has a segmentation but no obs['{LABEL_ID_KEY}']", column=LABEL_ID_KEY,
+                expected="each cell's label value in the segmentation",
+            )
+        return self.adata.obs[LABEL_ID_KEY].to_numpy().astype(np.int64)
+
+    def copy(self, *, adata: bool = True) -> SpatialSample:
+        """A new sample sharing molecules, images and segmentation (``adata`` copied unless ``adata=False``)."""
+        return SpatialSample(
+            self.adata.copy() if adata else self.adata, self.molecules, dict(self.images), self.pixel_size, self.name,
+            dict(self.provenance), self.segmentation,
+        )
 
     def labels(self, key: str = LABEL_KEY) -> pd.Series | None:
         """The label column ``obs[key]``, or ``None`` when the sample has no labels."""
@@ -264,6 +189,19 @@ class SpatialSample:
         for k, img in self.images.items():
             if not isinstance(img, StainImage):
                 raise StmorphInputError(f"image '{k}' must be a StainImage", expected="stmorph.StainImage")
+        seg = self.segmentation
+        if seg is not None and not isinstance(seg, LabelImage | PolygonSegmentation):
+            raise StmorphInputError(
+                f"segmentation must be a LabelImage or PolygonSegmentation, got {type(seg).__name__}",
+                expected="stmorph.LabelImage / stmorph.PolygonSegmentation",
+            )
+        if LABEL_ID_KEY in a.obs:
+            lid = a.obs[LABEL_ID_KEY]
+            if not pd.api.types.is_integer_dtype(lid.dtype) or (lid.to_numpy() < 0).any():
+                raise StmorphInputError(
+                    f"obs['{LABEL_ID_KEY}'] must hold non-negative integer labels, got {lid.dtype}",
+                    column=LABEL_ID_KEY, expected="int labels of the segmentation (0 = no mask)",
+                )
 
     # -- molecules -------------------------------------------------------------------------------------------
     def molecule_index(self, genes: list[str] | None = None) -> MoleculeIndex:
@@ -312,7 +250,8 @@ class SpatialSample:
             mol = self.molecules.copy()
             outside = ~mol["cell_id"].isin(new.obs_names)
             mol.loc[outside, "cell_id"] = pd.NA
-        return SpatialSample(new, mol, dict(self.images), self.pixel_size, self.name, dict(self.provenance))
+        return SpatialSample(new, mol, dict(self.images), self.pixel_size, self.name, dict(self.provenance),
+                             self.segmentation)
 
     # -- persistence -----------------------------------------------------------------------------------------
     def write(self, path: str | PathLike, *, copy_images: bool = False, overwrite: bool = False) -> Path:
@@ -343,12 +282,26 @@ class SpatialSample:
                     tifffile.imwrite(tmp / fname, np.ascontiguousarray(img.read()))
                     spec = {"path": fname, "z": None, "channel": None, "relative": True}
                 specs[name] = spec
+            seg_spec = None
+            seg = self.segmentation
+            if isinstance(seg, PolygonSegmentation):
+                seg.vertices.to_parquet(tmp / "segmentation.parquet", index=False)
+                seg_spec = {"kind": "polygons", "path": "segmentation.parquet", "shape": list(seg.shape),
+                            "relative": True}
+            elif isinstance(seg, LabelImage):
+                seg_spec = {"kind": "raster", **seg.to_spec()}
+                if seg.path is None or copy_images:
+                    # uncompressed, so that reading it back memory-maps instead of loading the grid
+                    tifffile.imwrite(tmp / "segmentation.tif", np.ascontiguousarray(seg.read()))
+                    seg_spec = {"kind": "raster", "path": "segmentation.tif", "z": None, "channel": None,
+                                "relative": True}
             meta = {
                 "format": "stmorph.SpatialSample",
                 "version": _FORMAT_VERSION,
                 "name": self.name,
                 "pixel_size": self.pixel_size,
                 "images": specs,
+                "segmentation": seg_spec,
                 "provenance": _jsonable(self.provenance),
             }
             (tmp / "sample.json").write_text(json.dumps(meta, indent=2))
@@ -377,17 +330,46 @@ class SpatialSample:
             if spec.get("relative"):
                 p = path / p
             images[name] = StainImage(p, z=spec.get("z"), channel=spec.get("channel"))
-        return cls(adata, molecules, images, meta.get("pixel_size"), meta.get("name", path.stem), meta.get("provenance", {}))
+        segmentation: Segmentation | None = None
+        seg_spec = meta.get("segmentation")
+        if seg_spec:
+            p = Path(seg_spec["path"])
+            p = path / p if seg_spec.get("relative") else p
+            if seg_spec.get("kind") == "polygons":
+                segmentation = PolygonSegmentation(pd.read_parquet(p), tuple(seg_spec["shape"]))
+            else:
+                segmentation = LabelImage(p, z=seg_spec.get("z"), channel=seg_spec.get("channel"))
+        return cls(adata, molecules, images, meta.get("pixel_size"), meta.get("name", path.stem),
+                   meta.get("provenance", {}), segmentation)
 
     def __repr__(self) -> str:
         n_mol = 0 if self.molecules is None else len(self.molecules)
         lab = self.labels()
         lab_s = f", {lab.nunique()} labels" if lab is not None else ""
         ps = f", {self.pixel_size} um/px" if self.pixel_size else ""
+        seg = ", segmentation" if self.segmentation is not None else ""
         return (
             f"SpatialSample '{self.name}': {self.n_cells} cells x {self.adata.n_vars} genes{lab_s}, "
-            f"{n_mol} molecules, images {self.channel_names}{ps}"
+            f"{n_mol} molecules, images {self.channel_names}{ps}{seg}"
         )
+
+    def summary(self) -> dict[str, Any]:
+        """Plain facts about the sample (``stmorph info --json``)."""
+        lab = self.labels()
+        return {
+            "name": self.name,
+            "n_cells": int(self.n_cells),
+            "n_genes": int(self.adata.n_vars),
+            "n_molecules": 0 if self.molecules is None else int(len(self.molecules)),
+            "channels": self.channel_names,
+            "pixel_size": self.pixel_size,
+            "has_segmentation": self.segmentation is not None,
+            "segmentation": None if self.segmentation is None else self.segmentation.kind,
+            "image_shape": list(self.images[self.channel_names[0]].shape) if self.images else None,
+            "n_labels": None if lab is None else int(lab.nunique()),
+            "labels": None if lab is None else {str(k): int(v) for k, v in lab.value_counts().items()},
+            "reader": self.provenance.get("reader"),
+        }
 
 
 def read_sample(path: str | PathLike) -> SpatialSample:

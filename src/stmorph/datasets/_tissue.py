@@ -30,7 +30,7 @@ import pandas as pd
 
 from .._utils import as_generator
 from ..errors import StmorphInputError
-from ..sample import SpatialSample, StainImage
+from ..sample import LABEL_ID_KEY, LabelImage, SpatialSample, StainImage
 from ._layouts import LAYOUTS, assign_types, make_layout, place_cells
 
 __all__ = [
@@ -571,8 +571,9 @@ def synthetic_tissue(
                                     dtype="string")
     molecules = molecules[["x", "y", "z", "gene", "cell_id", "in_nucleus"]]
     images = {"DAPI": StainImage(dapi), "membrane": StainImage(membrane)}
+    adata.obs[LABEL_ID_KEY] = np.arange(1, n_cells + 1, dtype=np.int64)  # cell i is label i + 1 in `label`
     sample = SpatialSample(adata, molecules, images, float(pixel_size), name,
-                           {"reader": "synthetic_tissue", "params": params})
+                           {"reader": "synthetic_tissue", "params": params}, LabelImage(label))
     if return_masks == "both":
         return sample, label, nuc
     if return_masks:
@@ -718,8 +719,9 @@ def demo_tissue(n_cells: int = 400, *, random_state: int = 0) -> SpatialSample:
     400
     """
     s = _demo_cached(int(n_cells), int(random_state))
-    return SpatialSample(s.adata.copy(), s.molecules.copy(), dict(s.images), s.pixel_size, s.name,
-                         dict(s.provenance))
+    out = s.copy()
+    out.molecules = s.molecules.copy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

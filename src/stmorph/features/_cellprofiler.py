@@ -648,12 +648,7 @@ def cellprofiler_features(
 
     t0 = time.perf_counter()
     if copy:
-        from ..sample import SpatialSample
-
-        sample = SpatialSample(
-            sample.adata.copy(), sample.molecules, dict(sample.images), sample.pixel_size, sample.name,
-            dict(sample.provenance),
-        )
+        sample = sample.copy()
     chans = list(sample.channel_names if channels is None else channels)
     if not chans:
         raise StmorphInputError("the sample has no stain images", expected="at least one channel in sample.images")

@@ -383,12 +383,7 @@ def cnn_features(
         return _pca(feats, n_components, random_state)[0]
     sample = data
     if copy:
-        from ..sample import SpatialSample
-
-        sample = SpatialSample(
-            sample.adata.copy(), sample.molecules, dict(sample.images), sample.pixel_size, sample.name,
-            dict(sample.provenance),
-        )
+        sample = sample.copy()
     chans = list(sample.channel_names if channels is None else channels)
     missing = [c for c in chans if c not in sample.images]
     if missing or not chans:
