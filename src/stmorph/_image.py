@@ -445,7 +445,7 @@ class PolygonSegmentation:
             raise StmorphInputError("polygon vertices with NaN/inf coordinates", expected="finite pixel coordinates")
         if (v["label_id"] <= 0).any():
             raise StmorphInputError("polygon label ids must be > 0", column="label_id", expected="positive integers")
-        self.vertices = v.reset_index(drop=True)
+        self.vertices = v.sort_values(["label_id", "part"], kind="stable").reset_index(drop=True)
         self.shape = (int(shape[0]), int(shape[1]))
         g = self.vertices.groupby(["label_id", "part"], sort=True)
         b = g.agg(xmin=("x", "min"), xmax=("x", "max"), ymin=("y", "min"), ymax=("y", "max"), n=("x", "size"))

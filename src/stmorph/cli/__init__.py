@@ -49,12 +49,41 @@ for _mod in _COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_mod}").register(app)
 
 
-def main() -> None:
+#: Options whose value may be left out; they then mean the value given here (``--masks`` alone = the sample's
+#: own segmentation). Click's optional values are not reachable through typer, so the arguments are completed
+#: before parsing.
+OPTIONAL_VALUE_OPTIONS = {"--masks": "sample"}
+
+
+def expand_optional_values(args: list[str]) -> list[str]:
+    """Insert the implied value after an option of :data:`OPTIONAL_VALUE_OPTIONS` given without one.
+
+    Examples
+    --------
+    >>> expand_optional_values(["features", "cellprofiler", "S", "--masks", "-o", "T.csv"])
+    ['features', 'cellprofiler', 'S', '--masks', 'sample', '-o', 'T.csv']
+    >>> expand_optional_values(["features", "cellprofiler", "S", "--masks", "lab.tif"])
+    ['features', 'cellprofiler', 'S', '--masks', 'lab.tif']
+    """
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a in OPTIONAL_VALUE_OPTIONS:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or (nxt.startswith("-") and len(nxt) > 1):
+                out.append(OPTIONAL_VALUE_OPTIONS[a])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console entry point; bad input is reported as one clear line (no traceback)."""
+    import sys
+
     from ..errors import StmorphInputError
 
+    args = expand_optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        app()
+        app(args=args, prog_name="stmorph")
     except StmorphInputError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None

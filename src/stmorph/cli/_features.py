@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ._output import write_obsm
+
 features_app = typer.Typer(
     help="Morphology feature spaces from stain crops: CellProfiler measurements or pretrained-CNN features.",
     no_args_is_help=True,
@@ -14,31 +16,6 @@ features_app = typer.Typer(
 
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _write(sample, key: str, out: Path, h5ad: Path | None) -> None:
-    import pandas as pd
-
-    from .._utils import atomic_path
-
-    a = sample.adata
-    names = a.uns.get(f"{key}_features") or [f"{key}_{i}" for i in range(a.obsm[key].shape[1])]
-    df = pd.DataFrame(a.obsm[key], index=a.obs_names, columns=names)
-    df.index.name = "cell_id"
-    suffix = out.suffix.lower()
-    with atomic_path(out, suffix=suffix) as tmp:
-        if suffix == ".parquet":
-            df.to_parquet(tmp)
-        elif suffix in (".csv", ".gz"):
-            df.to_csv(tmp)
-        else:
-            from ..errors import StmorphInputError
-
-            raise StmorphInputError("unsupported output type", file=out, expected="a .parquet or .csv file")
-    if h5ad is not None:
-        with atomic_path(h5ad, suffix=".h5ad") as tmp:
-            a.write_h5ad(tmp)
-    typer.echo(f"{df.shape[0]} cells x {df.shape[1]} features -> {out}" + (f" (and {h5ad})" if h5ad else ""))
 
 
 def register(app: typer.Typer) -> None:
@@ -56,10 +33,13 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated modules: quality, intensity, radial_distribution, texture, granularity, sizeshape, "
             "correlation.",
         ),
-        masks: Path = typer.Option(
-            None, help="Optional cell label image (TIFF, same shape as the stains); default: the whole crop is the object."
+        masks: str = typer.Option(
+            None, "--masks", help="Measure each cell on its own mask: '--masks' alone = the sample's segmentation; "
+            "'--masks labels.tif' = a label image on the stains' grid. Default: the whole crop is the object.",
         ),
-        mask_ids: str = typer.Option(None, help="obs column with each cell's label in --masks (default: 1..n in row order)."),
+        mask_ids: str = typer.Option(None, help="obs column with each cell's label in --masks (default: obs "
+                                     "'label_id' when present, else 1..n in row order)."),
+        crop_um: float = typer.Option(None, "--crop-um", help="Crop side in micrometres (instead of --size pixels)."),
         intensity_scale: str = typer.Option("image", help="Scale channels to [0, 1] by the 'image' maximum or the 'dtype' maximum."),
         select: bool = typer.Option(True, help="pycytominer-style feature selection (variance, NA, correlation 0.9, blocklist)."),
         fill_nan: bool = typer.Option(True, help="Replace NaN left after selection by the feature median (counted in uns)."),
@@ -72,19 +52,15 @@ def register(app: typer.Typer) -> None:
         from ..sample import SpatialSample
 
         sample = SpatialSample.read(sample_dir)
-        label_image = None
-        if masks is not None:
-            import tifffile
-
-            label_image = tifffile.imread(masks)
-        k = key or f"X_cp_{size}"
+        k = key or (f"X_cp_{size}" if crop_um is None else f"X_cp_{crop_um:g}um")
         cellprofiler_features(
             sample,
             size=size,
+            crop_um=crop_um,
             channels=_split(channels),
             otsu_channels=tuple(_split(otsu) or ()),  # ("DAPI",) = skip silently when there is no DAPI
             modules=_split(modules) or (),
-            masks=label_image,
+            masks=masks,
             mask_ids=mask_ids,
             intensity_scale=intensity_scale,
             select=select,
@@ -97,7 +73,7 @@ def register(app: typer.Typer) -> None:
             f"measured {info['n_features_measured']} features, kept {info['n_features_kept']} "
             f"in {info['seconds']:.1f} s"
         )
-        _write(sample, k, out, h5ad)
+        write_obsm(sample.adata, k, out, h5ad=h5ad)
 
     @features_app.command("cnn")
     def cnn(
@@ -109,6 +85,11 @@ def register(app: typer.Typer) -> None:
         ),
         weights: Path = typer.Option(None, help="Local state_dict file for --model; never downloaded."),
         size: int = typer.Option(100, help="Crop side in pixels."),
+        crop_um: float = typer.Option(None, "--crop-um", help="Crop side in micrometres (instead of --size pixels)."),
+        masks: str = typer.Option(
+            None, "--masks", help="Zero pixels outside each cell's mask: '--masks' alone = the sample's segmentation; "
+            "'--masks labels.tif' = a label image.",
+        ),
         channels: str = typer.Option(None, help="Comma-separated channels (default: all images)."),
         n_components: int = typer.Option(500, help="PCA components (MUSE: 500); 0 keeps the raw features."),
         input_size: int = typer.Option(299, help="Side the crops are resized to (299: Inception-v3)."),
@@ -130,6 +111,8 @@ def register(app: typer.Typer) -> None:
             model,
             weights,
             size=size,
+            crop_um=crop_um,
+            masks=masks,
             channels=_split(channels),
             n_components=n_components or None,
             input_size=input_size,
@@ -138,4 +121,4 @@ def register(app: typer.Typer) -> None:
             key_added=key,
             random_state=seed,
         )
-        _write(sample, key, out, h5ad)
+        write_obsm(sample.adata, key, out, h5ad=h5ad)

@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
         sample_path: Path = typer.Argument(..., help="Sample folder (stmorph, or any format stmorph.io.read detects)."),
         out: Path = typer.Option(
             ..., "--out", "-o",
-            help="Where to write: a .h5ad file (cells with the latent in obsm) or a sample folder (anything else).",
+            help="Where to write: a table (.csv/.tsv/.parquet: cell_id, then one column per latent dimension), a .h5ad "
+            "file (cells with the latent in obsm) or a sample folder (anything else).",
         ),
         preset: str = typer.Option(
             "ls1_cpu", "--preset", "-p",
@@ -24,6 +25,14 @@ def register(app: typer.Typer) -> None:
         ),
         epochs: int | None = typer.Option(None, "--epochs", help="Total training epochs (default: the preset's)."),
         crop_size: int | None = typer.Option(None, "--crop-size", help="Crop side in pixels (>= 63)."),
+        crop_um: float | None = typer.Option(
+            None, "--crop-um", help="Crop side in micrometres (through the sample's pixel size); exclusive with "
+            "--crop-size. A crop smaller than the median cell diameter is warned about."
+        ),
+        masks: str | None = typer.Option(
+            None, "--masks", help="'--masks' alone: zero stain pixels outside each cell's own mask in the sample's "
+            "segmentation."
+        ),
         batch_size: int | None = typer.Option(None, "--batch-size", help="Cells per batch (default: the preset's)."),
         latent: str = typer.Option(
             "mean", "--latent", help="'mean' (posterior mean) or 'sample' (one draw per cell, as the study)."
@@ -55,15 +64,24 @@ def register(app: typer.Typer) -> None:
         kwargs = {k: v for k, v in (("pixel_size", pixel_size), ("origin", origin)) if v is not None}
         sample = sio.read(sample_path, **kwargs)
         ch = None if channels is None else tuple(c.strip() for c in channels.split(",") if c.strip())
+        if masks not in (None, "sample"):
+            raise StmorphInputError(
+                f"--masks {masks}: VAE crops are masked with the sample's own segmentation", column="--masks",
+                expected="'--masks' without a value (read the sample with its segmentation)",
+            )
         t0 = time.perf_counter()
         train_vae(
             sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=seed,
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
-            crop_size=crop_size, batch_size=batch_size,
+            crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,
         )
         obsm_key = key_added or f"X_{get_preset(preset).name}"
         key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
-        if out.suffix == ".h5ad":
+        from ._output import is_table, write_obsm
+
+        if is_table(out):
+            write_obsm(sample.adata, obsm_key, out)
+        elif out.suffix == ".h5ad":
             from .._utils import atomic_path
 
             with atomic_path(out, suffix=".h5ad") as tmp:

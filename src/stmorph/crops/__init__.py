@@ -7,10 +7,20 @@ Pure kernels over plain arrays (usable on Dask workers unchanged):
   per-gene spot planes rendered on the fly from the CSR molecule index
 * :func:`rotate_crops`, :func:`rotation_ks` - seeded 90-degree rotations, one per cell
 
+* :func:`crop_masks`, :func:`resolve_masks`, :func:`crop_size_px` - cell masks in crops, crop sizes in um
+
 and the :class:`CellCropDataset` built on them.
 """
 
 from ._dataset import CellCropDataset, select_cells
+from ._masks import (
+    SAMPLE_MASKS,
+    check_masks_found,
+    crop_masks,
+    crop_size_px,
+    median_cell_diameter_px,
+    resolve_masks,
+)
 from ._rotate import rotate_crops, rotation_ks
 from ._spots import (
     SpotBufferPool,
@@ -26,6 +36,12 @@ from ._stains import crop_boxes, crop_stains, image_ranges, round_half_up
 
 __all__ = [
     "CellCropDataset",
+    "SAMPLE_MASKS",
+    "check_masks_found",
+    "crop_masks",
+    "crop_size_px",
+    "median_cell_diameter_px",
+    "resolve_masks",
     "SpotBufferPool",
     "SpotRenderer",
     "crop_boxes",

@@ -119,6 +119,9 @@ class CellCropDataset(Dataset):
         ``(seed, epoch, cell row)``, identical for all channels of the cell. Change epochs with :meth:`set_epoch`.
     seed
         Seed of the rotations.
+    mask_stains
+        Zero the stain pixels outside each cell's own mask in :attr:`SpatialSample.segmentation` (cell labels from
+        ``obs["label_id"]``).
 
     Attributes
     ----------
@@ -156,6 +159,7 @@ class CellCropDataset(Dataset):
         normalize: Literal["crop", "image", None] = "crop",
         rotate: bool = False,
         seed: int = 0,
+        mask_stains: bool = False,
     ) -> None:
         self.sample = sample
         self.crop_size = int(crop_size)
@@ -172,6 +176,7 @@ class CellCropDataset(Dataset):
         self.stain_edge = stain_edge
         self.normalize = normalize
         self.rotate = bool(rotate)
+        self.mask_stains = bool(mask_stains)
         self.seed = int(seed)
         self.epoch = 0
 
@@ -250,6 +255,11 @@ class CellCropDataset(Dataset):
                     expected="centroids in image pixels [x, y] inside the image",
                 )
             self._boxes = crop_boxes(centers, self.crop_size, (h, w), edge=stain_edge)
+            if self.mask_stains:
+                from ._masks import resolve_masks
+
+                seg, ids = resolve_masks(sample, True)  # type: ignore[misc]
+                self._mask_source, self._mask_ids = seg, ids[pos]
             if normalize == "image":
                 self._ranges = image_ranges(self._images)
 
@@ -381,6 +391,10 @@ class CellCropDataset(Dataset):
                 normalize=self.normalize,
                 image_range=self._ranges,
             )
+            if self.mask_stains:
+                from ._masks import crop_masks
+
+                st *= crop_masks(self._mask_source, self._boxes[idx], S, self._mask_ids[idx])[:, None]
             if ks is not None:
                 st = rotate_crops(st, ks)
             out["stains"] = torch.from_numpy(st)

@@ -460,22 +460,7 @@ def measure_crops(
 # masks
 # ---------------------------------------------------------------------------------------------------------------
 def crop_label_image(label_image: np.ndarray, boxes: np.ndarray, size: int, ids: np.ndarray) -> np.ndarray:
-    """Binary masks of each cell's own label inside its crop box (zero outside the image).
-
-    Parameters
-    ----------
-    label_image
-        ``(H, W)`` integer label image (0 = background).
-    boxes
-        ``(n, 2)`` ``[row0, col0]`` boxes (:func:`stmorph.crops.crop_boxes`).
-    size
-        Crop side.
-    ids
-        ``(n,)`` label of each cell in ``label_image``.
-
-    Returns
-    -------
-    ``(n, size, size)`` bool.
+    """Binary masks of each cell's own label inside its crop box; see :func:`stmorph.crops.crop_masks`.
 
     Examples
     --------
@@ -483,16 +468,9 @@ def crop_label_image(label_image: np.ndarray, boxes: np.ndarray, size: int, ids:
     >>> int(crop_label_image(lab, np.array([[0, 0]]), 6, np.array([7]))[0].sum())
     9
     """
-    lab = np.asarray(label_image)
-    h, w = lab.shape
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
-    ids = np.asarray(ids).reshape(-1)
-    out = np.zeros((boxes.shape[0], size, size), dtype=bool)
-    for i, (r0, c0) in enumerate(boxes):
-        ra, rb, ca, cb = max(r0, 0), min(r0 + size, h), max(c0, 0), min(c0 + size, w)
-        if rb > ra and cb > ca:
-            out[i, ra - r0 : rb - r0, ca - c0 : cb - c0] = lab[ra:rb, ca:cb] == ids[i]
-    return out
+    from ..crops import crop_masks
+
+    return crop_masks(label_image, boxes, size, ids)
 
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -550,28 +528,15 @@ def _channel_scale(img: np.ndarray, intensity_scale: str | float) -> float:
     raise StmorphInputError(f"intensity_scale={intensity_scale!r}", expected="'image', 'dtype' or a number")
 
 
-def _mask_ids(sample, masks_ids) -> np.ndarray:
-    n = sample.n_cells
-    if masks_ids is None:
-        return np.arange(1, n + 1)
-    if isinstance(masks_ids, str):
-        if masks_ids not in sample.adata.obs:
-            raise StmorphInputError("mask id column not found", column=masks_ids, expected="an obs column of label ids")
-        return sample.adata.obs[masks_ids].to_numpy().astype(np.int64)
-    ids = np.asarray(masks_ids).astype(np.int64).reshape(-1)
-    if ids.size != n:
-        raise StmorphInputError(f"{ids.size} mask ids for {n} cells", expected="one label id per cell")
-    return ids
-
-
 def cellprofiler_features(
     sample,
     *,
     size: int = 100,
     channels: Sequence[str] | None = None,
     otsu_channels: Sequence[str] | None = ("DAPI",),
-    masks: np.ndarray | None = None,
+    masks: Any = None,
     mask_ids: np.ndarray | str | None = None,
+    crop_um: float | None = None,
     modules: Sequence[str] = DEFAULT_MODULES,
     params: dict[str, dict[str, Any]] | None = None,
     intensity_scale: str | float = "image",
@@ -604,10 +569,15 @@ def cellprofiler_features(
         Channels to add an Otsu-thresholded binary copy of; default ``("DAPI",)`` when present (missing
         channels are skipped with no error only for this default).
     masks
-        Optional ``(H, W)`` cell label image (CosMx label image, rasterised polygons via
-        :func:`rasterize_polygons`). ``None``: the whole crop is the object (grid object).
+        The cell masks: ``True`` (or ``"sample"``) the sample's own segmentation
+        (:attr:`~stmorph.SpatialSample.segmentation`); a label image file, array or
+        :class:`~stmorph.LabelImage` on the stains' grid. ``None``: the whole crop is the object (grid object).
+        When no cell has a pixel of its label in its crop the call fails (wrong ids), instead of measuring nothing.
     mask_ids
-        Label of each cell in ``masks``: an array, an ``obs`` column name, or ``None`` for ``1..n`` (row order).
+        Label of each cell in ``masks``: an array, an ``obs`` column name, or ``None``: ``obs["label_id"]`` when
+        present, else ``1..n`` (row order).
+    crop_um
+        Crop side in micrometres instead of ``size`` pixels (through the sample's pixel size).
     modules, params
         See :func:`measure_crops`.
     intensity_scale
@@ -659,26 +629,27 @@ def cellprofiler_features(
         otsu = [c for c in otsu_channels if c in chans]
     else:
         otsu = list(otsu_channels or ())
+    from ..crops import check_masks_found, crop_masks, crop_size_px, resolve_masks
+
+    size = crop_size_px(sample, None if crop_um is not None else size, crop_um, what="CellProfiler crop")
     images = [sample.images[c].read() for c in chans]
     scales = [_channel_scale(im, intensity_scale) for im in images]
     crop_boxes, crop_stains = _crop_functions()
     boxes = crop_boxes(sample.centroids, size, images[0].shape, edge=edge)
-    ids = None
-    if masks is not None:
-        masks = np.asarray(masks)
-        if masks.shape != images[0].shape:
-            raise StmorphInputError(f"label image of shape {masks.shape}", expected=f"the image shape {images[0].shape}")
-        ids = _mask_ids(sample, mask_ids)
+    resolved = resolve_masks(sample, masks, mask_ids)
     key = key_added or f"X_cp_{size}"
     n = sample.n_cells
     frames = []
+    n_empty_masks = 0
     for b0 in range(0, n, max(1, int(batch_size))):
         sl = slice(b0, min(n, b0 + int(batch_size)))
         crops = crop_stains(
             images, None, size, boxes=boxes[sl], edge=edge, normalize="image",
             image_range=[(0.0, s if s > 0 else 1.0) for s in scales],
         )
-        mk = None if masks is None else crop_label_image(masks, boxes[sl], size, ids[sl])  # type: ignore[index]
+        mk = None if resolved is None else crop_masks(resolved[0], boxes[sl], size, resolved[1][sl])
+        if mk is not None:
+            n_empty_masks += check_masks_found(mk, sample.cell_ids[sl], total=n if n <= batch_size else None)
         frames.append(
             measure_crops(
                 crops, chans, mk, modules=modules, otsu_channels=otsu, params=params, n_jobs=n_jobs,
@@ -687,12 +658,26 @@ def cellprofiler_features(
             )
         )
     df = pd.concat(frames, axis=0)
+    if resolved is not None and n_empty_masks == n:
+        raise StmorphInputError(
+            f"none of the {n} cells has a pixel of its own label in the masks", column="label_id",
+            expected="each cell's label value in the masks (obs['label_id'] or mask_ids=)",
+        )
+    if df.shape[1] == 0 or df.isna().all(axis=None):
+        raise StmorphInputError(
+            f"no CellProfiler feature could be measured (modules {list(modules)}, channels {chans})",
+            expected="modules and channels that yield features",
+        )
     t_measure = time.perf_counter() - t0
     n_measured = df.shape[1]
     empty_cells = int(df.isna().all(axis=1).sum())
     report = None
     if select:
         df, report = select_features(df, **(selection or {}))
+    if df.shape[1] == 0:
+        raise StmorphInputError(
+            f"feature selection dropped all {n_measured} features", expected="select=False, or more cells/modules"
+        )
     nan_counts = {c: int(v) for c, v in df.isna().sum().items() if v}
     if fill_nan == "median" and nan_counts:
         med = df.median(axis=0, skipna=True)
@@ -715,7 +700,8 @@ def cellprofiler_features(
         "otsu_channels": otsu,
         "modules": list(modules),
         "params": {k: v for k, v in _merged_params(params).items() if k in modules},
-        "object": "mask" if masks is not None else "grid",
+        "object": "mask" if resolved is not None else "grid",
+        "empty_masks": int(n_empty_masks),
         "intensity_scale": {c: s for c, s in zip(chans, scales)},
         "edge": edge,
         "n_features_measured": int(n_measured),

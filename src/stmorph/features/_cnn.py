@@ -330,6 +330,9 @@ def cnn_features(
     device: str = "auto",
     key_added: str = "X_cnn",
     random_state: int | None = 0,
+    masks: Any = None,
+    mask_ids: Any = None,
+    crop_um: float | None = None,
     copy: bool = False,
 ):
     """MUSE-style deep image features: CNN on every channel's crop, concatenated, PCA-reduced.
@@ -343,6 +346,11 @@ def cnn_features(
         See :func:`load_cnn` (a ready module is used as is when ``weights`` is ``None``).
     size
         Crop side in pixels (sample input only).
+    masks, mask_ids
+        Zero the pixels outside each cell's own mask (sample input only): ``True`` the sample's segmentation, or a
+        label image; see :func:`stmorph.crops.resolve_masks`.
+    crop_um
+        Crop side in micrometres instead of ``size`` pixels.
     channels
         Channels to use (sample input only); default all.
     n_components
@@ -388,11 +396,14 @@ def cnn_features(
     missing = [c for c in chans if c not in sample.images]
     if missing or not chans:
         raise StmorphInputError(f"channels {missing or chans} not usable", expected=f"some of {sample.channel_names}")
+    from ..crops import check_masks_found, crop_masks, crop_size_px, resolve_masks
     from ._cellprofiler import _crop_functions
 
     crop_boxes, crop_stains = _crop_functions()
+    size = crop_size_px(sample, None if crop_um is not None else size, crop_um, what="CNN crop")
     images = [sample.images[c].read() for c in chans]
     boxes = crop_boxes(sample.centroids, size, images[0].shape, edge=edge)
+    resolved = resolve_masks(sample, masks, mask_ids)
     rng_kw: dict[str, Any] = {}
     if crop_normalize == "image":
         rng_kw["image_range"] = [(float(np.min(im)), float(np.max(im))) for im in images]
@@ -400,6 +411,10 @@ def cnn_features(
     block = 1024
     for b0 in range(0, sample.n_cells, block):
         crops = crop_stains(images, None, size, boxes=boxes[b0 : b0 + block], edge=edge, normalize=crop_normalize, **rng_kw)
+        if resolved is not None:
+            mk = crop_masks(resolved[0], boxes[b0 : b0 + block], size, resolved[1][b0 : b0 + block])
+            check_masks_found(mk, sample.cell_ids[b0 : b0 + block])
+            crops *= mk[:, None]
         parts.append(extract_cnn_features(crops, net, input_size=input_size, batch_size=batch_size, device=device))
     feats = np.concatenate(parts, axis=0)
     reduced, evr = _pca(feats, n_components, random_state)
@@ -412,6 +427,7 @@ def cnn_features(
         "size": int(size),
         "input_size": int(input_size),
         "crop_normalize": crop_normalize,
+        "masks": resolved is not None,
         "n_raw_features": int(feats.shape[1]),
         "n_components": int(reduced.shape[1]),
         "explained_variance_ratio": None if evr is None else evr.tolist(),

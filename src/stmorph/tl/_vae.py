@@ -33,6 +33,8 @@ def train_vae(
     resume: bool = True,
     max_epochs: int | None = None,
     model_dir: str | PathLike | None = None,
+    crop_um: float | None = None,
+    masks: bool = False,
     copy: bool = False,
     return_model: bool = False,
     **config_overrides: Any,
@@ -69,6 +71,11 @@ def train_vae(
         Total epochs (default the preset's).
     model_dir
         Also save the trained model there (:meth:`CropVAE.save`).
+    crop_um
+        Crop side in micrometres (through the sample's pixel size) instead of the preset's ``crop_size`` pixels.
+        Either way a crop smaller than the median cell diameter is warned about.
+    masks
+        Zero stain pixels outside each cell's own mask in the sample's segmentation (``mask_stains=True``).
     copy
         Return a modified copy of ``sample.adata`` instead of writing in place.
     return_model
@@ -98,8 +105,19 @@ def train_vae(
                                 expected="stmorph.SpatialSample (with molecules and/or stain images)")
     if latent not in ("mean", "sample"):
         raise StmorphInputError(f"latent={latent!r}", expected="'mean' or 'sample'")
+    from ..crops import crop_size_px
+
+    if crop_um is not None:
+        if config_overrides.get("crop_size") is not None:
+            raise StmorphInputError("give crop_size (pixels) or crop_um (micrometres), not both",
+                                    expected="one crop size")
+        config_overrides["crop_size"] = crop_size_px(sample, crop_um=crop_um, what="VAE crop")
+    if masks:
+        config_overrides["mask_stains"] = True
     cfg = get_preset(preset, channels=None if channels is None else tuple(channels), seed=int(random_state),
                      **config_overrides)
+    if crop_um is None:
+        crop_size_px(sample, cfg.crop_size, what="VAE crop")  # warns when the crop is smaller than the cells
     obsm_key = key_added or f"X_{cfg.name}"
     key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
     t0 = time.perf_counter()

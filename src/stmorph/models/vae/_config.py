@@ -85,6 +85,9 @@ class VAEConfig:
         Half-width of the square drawn around each transcript in its gene plane.
     spot_origin, stain_edge, normalize
         Passed to :class:`stmorph.crops.CellCropDataset`.
+    mask_stains
+        Zero every stain pixel outside the cell's own segmentation mask (needs a sample with a segmentation and
+        ``obs["label_id"]``); off by default, as in the study.
     rotate
         Random 90-degree rotation augmentation during training (never at inference).
     widths
@@ -154,6 +157,7 @@ class VAEConfig:
     spot_origin: Literal["centroid", "corner"] = "centroid"
     stain_edge: Literal["shift", "pad"] = "shift"
     normalize: Literal["crop", "image"] | None = "crop"
+    mask_stains: bool = False
     rotate: bool = True
     widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     latent_dim: int = 50

@@ -113,7 +113,7 @@ class CropVAE:
             sample, cells=cells, crop_size=c.crop_size, channels=list(c.channels), genes=genes,
             min_gene_counts=min_gene_counts, min_cell_transcripts=c.min_cell_transcripts,
             spot_padding=c.spot_padding, spot_origin=c.spot_origin, stain_edge=c.stain_edge,
-            normalize=c.normalize, rotate=bool(train and c.rotate), seed=c.seed,
+            normalize=c.normalize, rotate=bool(train and c.rotate), seed=c.seed, mask_stains=c.mask_stains,
         )
 
     def _register(self, ds: Any) -> None:
@@ -130,6 +130,7 @@ class CropVAE:
             "spot_origin": c.spot_origin,
             "stain_edge": c.stain_edge,
             "normalize": c.normalize,
+            "mask_stains": bool(c.mask_stains),
         }
 
     def _build(self, device: torch.device) -> None:
