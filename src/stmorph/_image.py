@@ -65,10 +65,8 @@ def _unreadable(path: Path, exc: Exception) -> StmorphInputError:
 
 def _open_zarr_array(path: Path) -> tuple[Any, str]:
     """The level-0 array of a zarr store and its axes (OME-Zarr ``multiscales`` axes when present)."""
-    try:
-        import zarr
-    except ImportError as exc:  # pragma: no cover - zarr comes with anndata
-        raise ImportError("reading zarr images needs zarr: pip install 'stmorph[zarr]'") from exc
+    import zarr
+
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
