@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StmorphInputError
-from ..sample import SpatialSample, StainImage
+from ..sample import LABEL_ID_KEY, LabelImage, SpatialSample, StainImage
 
 __all__ = ["to_spatialdata", "from_spatialdata", "read_spatialdata", "detect_spatialdata"]
 
@@ -34,6 +34,7 @@ def to_spatialdata(
     cells_key: str = "cells",
     points_key: str = "transcripts",
     table_key: str = "table",
+    labels_key: str = "segmentation",
     coordinate_system: str = "global",
     cell_radius: float | None = None,
 ) -> Any:
@@ -41,14 +42,16 @@ def to_spatialdata(
 
     Each stain channel becomes a 2-D image element named after the channel (dims ``c, y, x``), the molecules a
     points element (``feature_key="gene"``, ``instance_key="cell_id"``), the cells a circles shapes element at
-    the centroids, and ``adata`` the table annotating the circles (``obs["region"]``, ``obs["cell_id"]``).
+    the centroids, and ``adata`` the table annotating the circles (``obs["region"]``, ``obs["cell_id"]``). The
+    segmentation, when the sample has one, becomes a labels element (``labels_key``; ``obs["label_id"]`` stays in
+    the table).
     ``pixel_size``, ``name`` and provenance travel in ``table.uns["stmorph"]``.
 
     Parameters
     ----------
     sample
         The sample.
-    cells_key, points_key, table_key
+    cells_key, points_key, table_key, labels_key
         Element names.
     coordinate_system
         Name of the (pixel) coordinate system.
@@ -66,7 +69,7 @@ def to_spatialdata(
     >>> back = from_spatialdata(sdata)  # doctest: +SKIP
     """
     sd = _import_spatialdata()
-    from spatialdata.models import Image2DModel, PointsModel, ShapesModel, TableModel
+    from spatialdata.models import Image2DModel, Labels2DModel, PointsModel, ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
     tf = {coordinate_system: Identity()}
@@ -74,6 +77,10 @@ def to_spatialdata(
     for ch, img in sample.images.items():
         arr = np.asarray(img.read())[None]
         images[ch] = Image2DModel.parse(arr, dims=("c", "y", "x"), c_coords=[ch], transformations=tf)
+    labels = {}
+    if sample.segmentation is not None:
+        labels[labels_key] = Labels2DModel.parse(np.asarray(sample.segmentation.read()), dims=("y", "x"),
+                                                 transformations=tf)
     points = {}
     if sample.molecules is not None:
         m = sample.molecules.copy()
@@ -102,7 +109,8 @@ def to_spatialdata(
         "images": list(sample.images),
     }
     table = TableModel.parse(table, region=cells_key, region_key="region", instance_key="cell_id")
-    return sd.SpatialData(images=images, points=points, shapes={cells_key: shapes}, tables={table_key: table})
+    return sd.SpatialData(images=images, labels=labels, points=points, shapes={cells_key: shapes},
+                          tables={table_key: table})
 
 
 def from_spatialdata(
@@ -111,6 +119,7 @@ def from_spatialdata(
     table_key: str | None = None,
     points_key: str | None = None,
     image_keys: list[str] | None = None,
+    labels_key: str | None = None,
     coordinate_system: str = "global",
     feature_key: str | None = None,
     instance_key: str | None = None,
@@ -133,6 +142,10 @@ def from_spatialdata(
         Elements to use (default: the only/first table and points element).
     image_keys
         Image elements to take (default: all).
+    labels_key
+        The labels element holding the cell segmentation (default: the one the table annotates, else
+        ``"segmentation"``, else the only one). It becomes :attr:`~stmorph.SpatialSample.segmentation`; each cell's
+        label is ``obs["label_id"]`` when present, else the table's instance id when the table annotates the labels.
     coordinate_system
         The coordinate system shared by the elements.
     feature_key, instance_key
@@ -190,16 +203,53 @@ def from_spatialdata(
         h = np.column_stack([xy, np.ones(len(xy))])
         return (h @ to_px.T)[:, :2]
 
-    # centroids
     attrs = adata.uns.get("spatialdata_attrs", {})
     region = attrs.get("region")
     region = region[0] if isinstance(region, list | tuple | np.ndarray) else region
+    segmentation = None
+    lkeys = list(getattr(sdata, "labels", {}))
+    if labels_key is None and lkeys:
+        labels_key = region if region in lkeys else "segmentation" if "segmentation" in lkeys else (
+            lkeys[0] if len(lkeys) == 1 else None)
+    if labels_key is not None:
+        if labels_key not in lkeys:
+            raise StmorphInputError(f"no labels element '{labels_key}'", expected=f"one of {lkeys}")
+        el = sdata.labels[labels_key]
+        if not hasattr(el, "dims"):  # multiscale DataTree: the full resolution
+            el = next(iter(el.values()))
+            el = el[next(iter(el.data_vars))] if hasattr(el, "data_vars") else el
+        affine = get_transformation(el, to_coordinate_system=coordinate_system).to_affine_matrix(
+            input_axes=("x", "y"), output_axes=("x", "y")
+        )
+        if images and not np.allclose(affine, np.linalg.inv(to_px)):
+            raise StmorphInputError(f"labels '{labels_key}' are not on the images' pixel grid",
+                                    expected="a segmentation aligned with the stains")
+        if not images:
+            to_px = np.linalg.inv(affine)
+        segmentation = LabelImage(np.ascontiguousarray(np.asarray(el.transpose("y", "x").values)))
+        ik = attrs.get("instance_key")
+        if LABEL_ID_KEY not in adata.obs and region == labels_key and ik and ik in adata.obs:
+            adata.obs[LABEL_ID_KEY] = pd.to_numeric(adata.obs[ik]).astype(np.int64).to_numpy()
+        elif LABEL_ID_KEY not in adata.obs:
+            raise StmorphInputError(
+                f"the labels '{labels_key}' are not annotated by the table and obs has no '{LABEL_ID_KEY}'",
+                column=LABEL_ID_KEY, expected="the cell -> label mapping",
+            )
+
+    # centroids
     if "spatial" in adata.obsm:
         cen = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
         if region in getattr(sdata, "shapes", {}):
             cen = _shape_centres(sdata, region, adata, attrs, coordinate_system, fallback=cen)
     elif region in sdata.shapes:
         cen = _shape_centres(sdata, region, adata, attrs, coordinate_system, fallback=None)
+    elif segmentation is not None and region == labels_key:  # centres of the label masks, in label pixels
+        from scipy import ndimage
+
+        lab = segmentation.read()
+        ids = adata.obs[LABEL_ID_KEY].to_numpy()
+        com = np.asarray(ndimage.center_of_mass(np.ones(lab.shape, np.float32), lab, ids), dtype=np.float64)
+        cen = (np.column_stack([com[:, 1], com[:, 0], np.ones(len(com))]) @ np.linalg.inv(to_px).T)[:, :2]
     else:
         raise StmorphInputError(
             "cannot find cell centroids: the table has no obsm['spatial'] and annotates no shapes",
@@ -248,7 +298,7 @@ def from_spatialdata(
     if ps is None and meta.get("pixel_size") is not None and float(meta["pixel_size"]) > 0:
         ps = float(meta["pixel_size"])
     prov = json.loads(meta["provenance_json"]) if meta.get("provenance_json") else {"reader": "spatialdata"}
-    return SpatialSample(adata, molecules, images, ps, name or str(meta.get("name", "sample")), prov)
+    return SpatialSample(adata, molecules, images, ps, name or str(meta.get("name", "sample")), prov, segmentation)
 
 
 def _shape_centres(
@@ -296,7 +346,9 @@ def read_spatialdata(path: str | PathLike, **kwargs: Any) -> SpatialSample:
 
 def detect_spatialdata(path: Path) -> bool:
     """A ``.zarr`` folder with SpatialData elements."""
-    return path.is_dir() and path.suffix == ".zarr" and any((path / k).is_dir() for k in ("tables", "images", "points", "shapes"))
+    return path.is_dir() and path.suffix == ".zarr" and any(
+        (path / k).is_dir() for k in ("tables", "images", "points", "shapes", "labels")
+    )
 
 
 def _jsonable(obj: Any) -> Any:
