@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._threads import _passive_openmp, settings
 from .errors import StmorphInputError
 from .sample import (
     LABEL_ID_KEY,
@@ -28,13 +29,15 @@ from .sample import (
     read_sample,
 )
 
+_passive_openmp()  # before torch/numba start their OpenMP pools
+
 __version__ = "0.2.0"
 
 _SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models"}
 
 __all__ = [
     "SpatialSample", "StainImage", "LabelImage", "PolygonSegmentation", "StmorphInputError", "read_sample", "LABEL_KEY",
-    "LABEL_ID_KEY", "__version__", *sorted(_SUBMODULES),
+    "LABEL_ID_KEY", "settings", "__version__", *sorted(_SUBMODULES),
 ]
 
 

@@ -24,8 +24,21 @@ app = typer.Typer(
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the stmorph version and exit.", is_eager=True),
+    threads: int = typer.Option(
+        None, "--threads", help="Threads for torch, numba and BLAS (default: the CPUs this process may use, "
+        "affinity and cgroup quota counted; also STMORPH_THREADS). Lower it on a shared machine.",
+    ),
 ) -> None:
     """stmorph command line."""
+    from .._threads import settings
+
+    if threads is not None:
+        if threads < 1:
+            from ..errors import StmorphInputError
+
+            raise StmorphInputError(f"--threads {threads}", expected="a positive number of threads")
+        settings.n_threads = threads
+        settings.apply()
     if version:
         from .. import __version__
 
