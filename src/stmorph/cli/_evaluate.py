@@ -7,17 +7,18 @@ from pathlib import Path
 import typer
 
 
-def _parse_named(values: list[str], option: str) -> dict[str, Path]:
+def _parse_named(values: list[str], option: str) -> dict[str, str]:
+    """``NAME=PATH`` options as ``{name: path}`` (the path may end in ``:KEY`` for .h5ad/.loom)."""
     from ..errors import StmorphInputError
 
-    out: dict[str, Path] = {}
+    out: dict[str, str] = {}
     for v in values:
         if "=" not in v:
             raise StmorphInputError(f"{option} {v!r}", expected=f"{option} NAME=PATH")
         name, path = v.split("=", 1)
         if not name or name in out:
             raise StmorphInputError(f"{option} {v!r}: empty or repeated name", expected="unique NAME=PATH")
-        out[name] = Path(path)
+        out[name] = path
     return out
 
 
@@ -25,14 +26,22 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         features: list[str] = typer.Option(
-            ..., "--features", help="Feature space as NAME=PATH (CSV with cell ids, or .h5ad); repeatable. A space named "
-            "TC is taken as raw counts and normalised to the median total + log1p."),
-        labels: Path = typer.Option(..., "--labels", help="CSV (or .h5ad) with cell ids and a label column."),
+            ..., "--features", help="Feature space as NAME=PATH; repeatable. PATH: a CSV/TSV or parquet table with cell "
+            "ids, or .h5ad/.loom with the key after a colon: file.h5ad:X_ls2_cpu (an obsm key or layer; file.h5ad:X "
+            "for X). An .h5ad with embeddings in obsm needs the key. A space named TC is taken as raw counts and "
+            "normalised to the median total + log1p."),
+        labels: Path = typer.Option(..., "--labels", help="Table (CSV/TSV/parquet) with cell ids and a label column, "
+                                    "or .h5ad (obs). Cells without a label are dropped and counted."),
         label_column: str = typer.Option(None, "--label-column", help="Label column in --labels (default: the last column)."),
-        id_column: str = typer.Option(None, "--id-column", help="Cell-id column of every CSV (default: the first column)."),
+        id_column: str = typer.Option(None, "--id-column", help="Cell-id column of every table (default: the first column "
+                                      "named cell_id, cell, CellID, barcode, index, id, ..., else the first column)."),
+        min_overlap: float = typer.Option(0.5, "--min-overlap", help="Refuse inputs with fewer than this fraction of "
+                                          "their cell ids shared by all inputs (a wrong id column)."),
+        min_label_size: int = typer.Option(None, "--min-label-size", help="Leave out labels with fewer cells (default: "
+                                           "the cross-validation folds, 5, as stmorph run does)."),
         multiplex: list[str] = typer.Option([], "--multiplex", help="Multiplex Leiden of two spaces, NAME1+NAME2; repeatable."),
         ridge: list[str] = typer.Option([], "--ridge", help="Predict genes from this space (needs --counts); repeatable."),
-        counts: Path = typer.Option(None, "--counts", help="Counts table (cells x genes) for --ridge."),
+        counts: Path = typer.Option(None, "--counts", help="Counts table (cells x genes: CSV/TSV, parquet, .h5ad, .loom) for --ridge."),
         exclude_label: list[str] = typer.Option([], "--exclude-label", help="Drop cells with this label; repeatable."),
         out: Path = typer.Option(..., "--out", help="Output folder (summary.json, tables/, figures/)."),
         permutations: int = typer.Option(999, "--permutations", help="Permutations per pairwise test."),
@@ -58,9 +67,11 @@ def register(app: typer.Typer) -> None:
         from ..eval import (
             EvalConfig,
             align_inputs,
+            drop_small_labels,
             evaluate_spaces,
             normalize_counts,
             read_feature_table,
+            read_label_table,
             write_results,
         )
 
@@ -70,47 +81,45 @@ def register(app: typer.Typer) -> None:
         if "TC" in tables:
             tc = tables["TC"]
             tables["TC"] = pd.DataFrame(normalize_counts(tc.to_numpy()), index=tc.index, columns=tc.columns)
-        if labels.suffix == ".h5ad":
-            import anndata as ad
-
-            obs = ad.read_h5ad(labels, backed="r").obs
-            col = label_column or obs.columns[-1]
-            if col not in obs.columns:
-                raise StmorphInputError("label column not found", file=labels, column=col, expected=f"one of {list(obs.columns)}")
-            lab = obs[col].astype(str)
-        else:
-            if not labels.exists():
-                raise StmorphInputError("file not found", file=labels, expected="a CSV with cell ids and labels")
-            df = pd.read_csv(labels)
-            idc = id_column if (id_column and id_column in df.columns) else df.columns[0]
-            col = label_column or df.columns[-1]
-            if col not in df.columns:
-                raise StmorphInputError("label column not found", file=labels, column=col, expected=f"one of {list(df.columns)}")
-            lab = pd.Series(df[col].astype(str).to_numpy(), index=df[idc].astype(str))
+        lab = read_label_table(labels, label_column=label_column, id_column=id_column)
         all_tables = dict(tables)
         if ridge:
             if counts is None:
                 raise StmorphInputError("--ridge needs --counts", expected="--counts PATH")
-            all_tables["__counts__"] = read_feature_table(counts, id_column=id_column)
-        aligned, lab, report = align_inputs(all_tables, lab, exclude_labels=exclude_label)
+            all_tables["--counts"] = read_feature_table(counts, id_column=id_column)
+        aligned, lab, report = align_inputs(all_tables, lab, exclude_labels=exclude_label, min_overlap=min_overlap)
+        if report["missing_labels"]:
+            typer.echo(f"labels: {report['missing_labels']} cells without a label dropped")
+        cfg = EvalConfig(permutations=permutations, n_trees=n_trees, random_state=seed,
+                         permdisp_tests=tuple(permdisp_test), rf_max_samples=rf_max_samples, rf_backend=rf_backend,
+                         leiden_backend=leiden_backend)
+        min_size = cfg.n_splits if min_label_size is None else min_label_size
+        n_before = len(lab)
+        lab, small = drop_small_labels(lab, min_size)  # as stmorph run: stratified CV needs a cell per fold
+        if small:
+            typer.echo(f"labels with fewer than {min_size} cells left out: {small}")
+            aligned = {k: v.loc[lab.index] for k, v in aligned.items()}
+            report["dropped"] = {k: v + n_before - len(lab) for k, v in report["dropped"].items()}
+        report["small_labels_left_out"] = small
+        report["n_cells"] = int(len(lab))
         for k, v in report["dropped"].items():
             if v:
-                shown = "counts" if k == "__counts__" else k
-                typer.echo(f"{shown}: {v} cells dropped (not shared by all inputs, or an excluded label)")
+                shown = "counts" if k == "--counts" else k
+                typer.echo(f"{shown}: {v} cells dropped (not shared by all inputs, without a label, or an excluded "
+                           "or too small label)")
         pairs = []
         for m in multiplex:
             if "+" not in m:
                 raise StmorphInputError(f"--multiplex {m!r}", expected="NAME1+NAME2")
             a, b = m.split("+", 1)
             pairs.append((a, b))
-        cfg = EvalConfig(permutations=permutations, n_trees=n_trees, random_state=seed,
-                         permdisp_tests=tuple(permdisp_test), rf_max_samples=rf_max_samples, rf_backend=rf_backend,
-                         leiden_backend=leiden_backend)
-        spaces = {k: v for k, v in aligned.items() if k != "__counts__"}
-        ridge_in = {name: aligned["__counts__"] for name in ridge}
+        spaces = {k: v for k, v in aligned.items() if k != "--counts"}
+        ridge_in = {name: aligned["--counts"] for name in ridge}
         res = evaluate_spaces(spaces, lab, config=cfg, multiplex=pairs, ridge=ridge_in)
-        report["dropped"]["counts"] = report["dropped"].pop("__counts__", 0)
-        report["inputs"].pop("__counts__", None)
+        report["dropped"]["counts"] = report["dropped"].pop("--counts", 0)
+        report["inputs"].pop("--counts", None)
+        if "--counts" in report["shared_fraction"]:
+            report["shared_fraction"]["counts"] = report["shared_fraction"].pop("--counts")
         write_results(res, out, figures=not no_figures, extra={"cells": report,
                                                                 "total_seconds": time.perf_counter() - t0})
         typer.echo(f"wrote {out / 'summary.json'} ({report['n_cells']} cells, {time.perf_counter() - t0:.1f} s)")

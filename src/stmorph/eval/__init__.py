@@ -9,6 +9,7 @@
   :func:`de_gene_subset`, :func:`random_gene_subset`), :func:`normalize_counts`
 * spatial: :func:`colocalization_score` (MUSE)
 * one call: :class:`EvalConfig` + :func:`evaluate_spaces`, :func:`write_results`
+* inputs: :func:`read_feature_table`, :func:`read_label_table`, :func:`align_inputs`, :func:`drop_small_labels`
 """
 
 from ._classify import ClassificationResult, rf_classification
@@ -26,8 +27,11 @@ from ._evaluate import (
     EvalConfig,
     EvalResults,
     align_inputs,
+    drop_small_labels,
     evaluate_spaces,
     read_feature_table,
+    read_label_table,
+    split_table_key,
     write_results,
 )
 from ._forest import forest_predict_proba
@@ -64,6 +68,7 @@ __all__ = [
     "cluster_metrics",
     "colocalization_score",
     "de_gene_subset",
+    "drop_small_labels",
     "evaluate_spaces",
     "geometric_median_batch",
     "hungarian_jaccard",
@@ -79,10 +84,12 @@ __all__ = [
     "permdisp",
     "random_gene_subset",
     "read_feature_table",
+    "read_label_table",
     "rf_classification",
     "forest_predict_proba",
     "ridge_gene_prediction",
     "silhouette",
+    "split_table_key",
     "wilcoxon_scores",
     "write_results",
     "zscore",

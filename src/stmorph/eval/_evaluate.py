@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import StmorphInputError
 
-__all__ = ["EvalConfig", "EvalResults", "evaluate_spaces", "read_feature_table", "align_inputs", "write_results"]
+__all__ = [
+    "EvalConfig",
+    "EvalResults",
+    "evaluate_spaces",
+    "read_feature_table",
+    "read_label_table",
+    "split_table_key",
+    "drop_small_labels",
+    "align_inputs",
+    "write_results",
+]
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 
 @dataclass
@@ -103,58 +119,379 @@ class EvalResults:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def read_feature_table(path: str | PathLike, *, id_column: str | None = None, obsm_key: str | None = None) -> pd.DataFrame:
-    """Read a feature table: CSV (first column or ``id_column`` = cell id) or ``.h5ad`` (``X`` or ``obsm[key]``).
+_ID_NAMES = ("cell_id", "cell", "cell_ID", "CellID", "cell_index", "barcode", "obs_names", "index", "id")
+_ANNDATA_SUFFIXES = (".h5ad", ".loom")
+_TABLE_HINT = "a CSV/TSV, parquet, .h5ad or .loom file"
+
+
+def _suffix(path: Path) -> str:
+    """Lower-case suffix without a trailing ``.gz``/``.bz2``/``.zip``/``.xz`` (``a.csv.gz`` -> ``.csv``)."""
+    sfx = [s.lower() for s in path.suffixes]
+    while sfx and sfx[-1] in (".gz", ".bz2", ".zip", ".xz"):
+        sfx.pop()
+    return sfx[-1] if sfx else ""
+
+
+def split_table_key(spec: str | PathLike) -> tuple[Path, str | None]:
+    """Split ``"file.h5ad:KEY"`` into the file and the key (``None`` without one).
+
+    The key is the part after the last ``:`` when the part before it ends in ``.h5ad`` or ``.loom``; any other
+    path is returned whole.
+
+    Parameters
+    ----------
+    spec
+        A path, optionally followed by ``:KEY`` (an ``obsm`` key, a layer, or ``X``).
+
+    Returns
+    -------
+    ``(path, key)``.
+
+    Examples
+    --------
+    >>> split_table_key("out/sample_ls2.h5ad:X_ls2_cpu")
+    (PosixPath('out/sample_ls2.h5ad'), 'X_ls2_cpu')
+    >>> split_table_key("features.csv")
+    (PosixPath('features.csv'), None)
+    """
+    s = str(spec)
+    if ":" in s:
+        head, key = s.rsplit(":", 1)
+        if key and head.lower().endswith(_ANNDATA_SUFFIXES) and not any(c in key for c in "/\\"):
+            return Path(head), key
+    return Path(s), None
+
+
+def _is_unnamed(col: object) -> bool:
+    """A column pandas made up for a header without a name (``Unnamed: 0``) or an empty name."""
+    s = str(col).strip()
+    return s == "" or re.fullmatch(r"Unnamed: \d+(_level_\d+)?", s) is not None
+
+
+def _numeric_looking(values: pd.Series) -> bool:
+    """All non-missing values parse as numbers (row numbers, not cell ids)."""
+    v = values.dropna()
+    return len(v) > 0 and bool(pd.to_numeric(v.astype(str), errors="coerce").notna().all())
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A CSV/TSV/parquet table with the cell ids in a column (a parquet index is turned into a column)."""
+    sfx = _suffix(path)
+    try:
+        if sfx in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+            if not isinstance(df.index, pd.RangeIndex):
+                df = df.reset_index()
+        elif sfx in (".tsv", ".tab", ".txt"):
+            df = pd.read_csv(path, sep="\t")
+        else:
+            df = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - report unreadable input clearly
+        raise StmorphInputError(f"cannot read the table: {exc}", file=path, expected=_TABLE_HINT) from exc
+    return df
+
+
+def _id_column(df: pd.DataFrame, path: Path, id_column: str | None) -> str:
+    """The cell-id column: ``id_column``, else a column with a usual id name, else the first column if usable."""
+    cols = list(df.columns)
+    if id_column is not None:
+        if id_column not in cols:
+            raise StmorphInputError("id column not found", file=path, column=id_column,
+                                    expected=f"one of {[str(c) for c in cols[:10]]}")
+        return id_column
+    names = {n.lower() for n in _ID_NAMES}
+    for c in cols:
+        if str(c).strip().lower() in names:
+            return c
+    if not cols:
+        raise StmorphInputError("the table has no columns", file=path, expected="a cell-id column and features")
+    first = cols[0]
+    if _is_unnamed(first) and _numeric_looking(df[first]):
+        raise StmorphInputError(
+            f"the first column {str(first)!r} has no name and holds row numbers (a pandas row index written "
+            "with the table), not cell ids; joining on it would pair unrelated cells", file=path,
+            expected="--id-column NAME (id_column = ... in a study config) naming the cell-id column, or a table "
+                     f"whose id column is named one of {list(_ID_NAMES)}")
+    return first
+
+
+def _raise_duplicates(ids: pd.Index, path: str | PathLike, what: str) -> None:
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise StmorphInputError(f"{len(dup)} duplicated cell ids in the {what}, e.g. {list(dict.fromkeys(dup))[:5]}",
+                                file=path, expected="one row per cell id")
+
+
+def _read_loom(path: Path) -> AnnData:
+    """A ``.loom`` file as AnnData (cells x genes), read with h5py so loompy is not needed."""
+    import anndata as ad
+    import h5py
+
+    def _strings(a) -> list[str]:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(a)]
+
+    with h5py.File(path, "r") as f:
+        if "matrix" not in f:
+            raise StmorphInputError("no /matrix in the loom file", file=path, expected="a loom file (genes x cells)")
+        X = np.asarray(f["matrix"]).T
+        n, g = X.shape
+        ca = f.get("col_attrs", {})
+        ra = f.get("row_attrs", {})
+        cid = next((k for k in ("CellID", "obs_names", "cell_id", "cell") if k in ca), None)
+        gid = next((k for k in ("Gene", "var_names", "gene") if k in ra), None)
+        obs_names = _strings(ca[cid]) if cid else [str(i) for i in range(n)]
+        var_names = _strings(ra[gid]) if gid else [f"g{i}" for i in range(g)]
+        obsm = {k: np.asarray(ca[k]) for k in ca if np.asarray(ca[k]).ndim == 2 and np.asarray(ca[k]).shape[0] == n}
+        layers = {k: np.asarray(f["layers"][k]).T for k in f.get("layers", {})}
+    a = ad.AnnData(X, obs=pd.DataFrame(index=obs_names), var=pd.DataFrame(index=var_names), layers=layers or None)
+    for k, v in obsm.items():
+        a.obsm[k] = v
+    return a
+
+
+def _read_anndata(path: Path, *, backed: bool = False):
+    import anndata as ad
+
+    try:
+        if _suffix(path) == ".loom":
+            return _read_loom(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except StmorphInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - report unreadable input clearly
+        raise StmorphInputError(f"cannot read the file: {exc}", file=path, expected=_TABLE_HINT) from exc
+
+
+def _anndata_features(path: Path, key: str | None) -> pd.DataFrame:
+    """Features of an ``.h5ad``/``.loom``: ``obsm[key]``, ``layers[key]`` or (``key`` = ``"X"``) ``X``."""
+    backed = _suffix(path) == ".h5ad"  # look at obsm before loading X, which may be large
+    a = _read_anndata(path, backed=backed)
+    try:
+        embeddings = [str(k) for k in a.obsm if k != "spatial"]
+        if key is None:
+            if embeddings:
+                raise StmorphInputError(
+                    f"the file holds embeddings in obsm {embeddings}; which one is the feature space? Reading X (the "
+                    "counts) would score the counts under this space's name", file=path,
+                    expected=f"{path}:KEY with KEY one of {embeddings} (key = ... in a study config), or {path}:X for X")
+            key = "X"
+        if key == "X" or (key in a.layers and key not in a.obsm):
+            if backed:
+                a = a.to_memory()
+            M, cols = (a.X if key == "X" else a.layers[key]), [str(v) for v in a.var_names]
+        elif key in a.obsm:
+            M = a.obsm[key]
+            if isinstance(M, pd.DataFrame):
+                cols, M = [str(c) for c in M.columns], M.to_numpy()
+            else:
+                cols = [f"{key}_{i}" for i in range(np.shape(M)[1])]
+        else:
+            raise StmorphInputError(f"key {key!r} is neither X, an obsm key nor a layer", file=path,
+                                    expected=f"X, one of obsm {list(map(str, a.obsm))} or layers {list(map(str, a.layers))}")
+        M = M.toarray() if hasattr(M, "toarray") else np.asarray(M)
+        ids = pd.Index(a.obs_names.astype(str), name="cell")
+    finally:
+        if getattr(a, "isbacked", False):
+            a.file.close()
+    _raise_duplicates(ids, path, "obs names")
+    return pd.DataFrame(M, index=ids, columns=cols)
+
+
+def read_feature_table(
+    path: str | PathLike,
+    *,
+    id_column: str | None = None,
+    obsm_key: str | None = None,
+    numeric_only: bool = False,
+) -> pd.DataFrame:
+    """Read a per-cell feature or counts table: CSV/TSV, parquet, ``.h5ad`` or ``.loom``.
+
+    Tables: the cell ids are the column ``id_column``, else the first column named one of ``cell_id``, ``cell``,
+    ``cell_ID``, ``CellID``, ``cell_index``, ``barcode``, ``obs_names``, ``index``, ``id`` (any case), else the
+    first column unless it is an unnamed pandas row index holding row numbers (refused: joining on row numbers
+    pairs unrelated cells). Other unnamed columns (``Unnamed: 3``, empty headers) are never used as features.
+    A parquet file's index is used like a column.
+
+    AnnData files: ``obsm[key]`` (or ``layers[key]``; ``X`` for ``X``), with the key given as ``obsm_key`` or
+    after the path, ``"file.h5ad:X_ls2_cpu"``. Without a key, ``X`` is read only when ``obsm`` holds nothing
+    besides ``spatial``; otherwise the file is refused with the keys it holds, so an embedding is never
+    replaced by the counts unnoticed.
+
+    Parameters
+    ----------
+    path
+        The file, optionally followed by ``:KEY`` for ``.h5ad``/``.loom``.
+    id_column
+        Column holding cell ids in a table (default: detected as above).
+    obsm_key
+        For ``.h5ad``/``.loom``: ``obsm`` key, layer, or ``"X"``.
+    numeric_only
+        Leave out non-numeric feature columns (with a warning) instead of refusing the table.
+
+    Returns
+    -------
+    DataFrame indexed by cell id (strings, unique), numeric columns.
+
+    Examples
+    --------
+    >>> read_feature_table("features.csv")  # doctest: +SKIP
+    >>> read_feature_table("sample_ls2.h5ad:X_ls2_cpu")  # doctest: +SKIP
+    """
+    path, key = split_table_key(path)
+    if obsm_key is not None and key is not None and obsm_key != key:
+        raise StmorphInputError(f"two keys given: {key!r} in the path and obsm_key={obsm_key!r}", file=path,
+                                expected="one key")
+    key = obsm_key if obsm_key is not None else key
+    if not path.exists():
+        raise StmorphInputError("file not found", file=path, expected=f"an existing file: {_TABLE_HINT}")
+    if _suffix(path) in _ANNDATA_SUFFIXES:
+        df = _anndata_features(path, key)
+    else:
+        if key is not None:
+            raise StmorphInputError(f"a key ({key!r}) only applies to .h5ad/.loom files", file=path)
+        df = _read_table(path)
+        col = _id_column(df, path, id_column)
+        unnamed = [c for c in df.columns if c != col and _is_unnamed(c)]
+        if unnamed:
+            warnings.warn(f"{path}: unnamed column(s) {[str(c) for c in unnamed]} (a written row index?) are not "
+                          "used as features", UserWarning, stacklevel=2)
+        ids = pd.Index(df[col].astype(str), name="cell")
+        df = df.drop(columns=[col, *unnamed])
+        df.index = ids
+        bad = [str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+        if bad and numeric_only:
+            warnings.warn(f"{path}: non-numeric columns {bad[:5]} are not used as features", UserWarning, stacklevel=2)
+            df = df.drop(columns=bad)
+        elif bad:
+            raise StmorphInputError(f"non-numeric feature columns {bad[:5]}", file=path,
+                                    expected=f"numeric features (cell ids in column {str(col)!r})")
+        _raise_duplicates(df.index, path, f"id column {str(col)!r}")
+    if df.shape[1] == 0:
+        raise StmorphInputError("no feature columns", file=path, expected="at least one numeric feature column")
+    return df
+
+
+def _as_labels(values: pd.Series) -> pd.Series:
+    """Labels as strings with missing ones (NaN, None, empty or blank strings) kept as NaN."""
+    v = pd.Series(values.to_numpy(dtype=object), index=values.index)
+    missing = v.isna() | v.map(lambda x: isinstance(x, str) and not x.strip())
+    num = pd.to_numeric(v[~missing], errors="coerce")
+    if len(num) and num.notna().all() and np.all(np.mod(num.to_numpy(float), 1) == 0):
+        out = num.astype(np.int64).astype(str)  # 1.0 (an int column with gaps read as float) -> "1"
+    else:
+        out = v[~missing].astype(str)
+    return out.reindex(v.index).astype(object)
+
+
+def read_label_table(path: str | PathLike, label_column: str | None = None, id_column: str | None = None) -> pd.Series:
+    """Read cell labels: CSV/TSV, parquet, ``.h5ad``/``.loom`` (``obs``).
 
     Parameters
     ----------
     path
         The file.
+    label_column
+        Column with the labels (default: the last column; in ``obs`` the last ``obs`` column).
     id_column
-        Column holding cell ids in a CSV (default: the first column).
-    obsm_key
-        For ``.h5ad``: take ``obsm[obsm_key]`` instead of ``X``.
+        Cell-id column of a table (default: detected as in :func:`read_feature_table`; ``obs_names`` for AnnData).
 
     Returns
     -------
-    DataFrame indexed by cell id (strings), numeric columns.
+    Series of labels (strings) indexed by cell id (strings). Missing labels (NaN, empty) stay NaN;
+    :func:`align_inputs` drops and counts them. Duplicated cell ids are refused.
 
     Examples
     --------
-    >>> read_feature_table("features.csv")  # doctest: +SKIP
+    >>> read_label_table("labels.csv", label_column="cell_type")  # doctest: +SKIP
     """
     path = Path(path)
     if not path.exists():
-        raise StmorphInputError("file not found", file=path, expected="an existing CSV or .h5ad file")
-    if path.suffix == ".h5ad":
-        import anndata as ad
+        raise StmorphInputError("file not found", file=path, expected="a table of cell ids and labels, or .h5ad")
+    if _suffix(path) in _ANNDATA_SUFFIXES:
+        a = _read_anndata(path, backed=_suffix(path) == ".h5ad")
+        obs = a.obs.copy()
+        if getattr(a, "isbacked", False):
+            a.file.close()
+        if obs.shape[1] == 0:
+            raise StmorphInputError("obs has no columns", file=path, expected="a label column in obs")
+        col = label_column or obs.columns[-1]
+        if col not in obs.columns:
+            raise StmorphInputError("label column not found", file=path, column=col, expected=f"one of {list(obs.columns)}")
+        ids, values, idc = obs.index.astype(str), obs[col], "obs_names"
+    else:
+        df = _read_table(path)
+        idc = _id_column(df, path, id_column)
+        rest = [c for c in df.columns if c != idc and not _is_unnamed(c)]
+        col = label_column or (rest[-1] if rest else None)
+        if col is None or col not in df.columns or col == idc:
+            raise StmorphInputError("label column not found", file=path, column=col,
+                                    expected=f"a label column among {[str(c) for c in rest]} (cell ids: {str(idc)!r})")
+        ids, values = df[idc].astype(str), df[col]
+    ids = pd.Index(ids, name="cell")
+    _raise_duplicates(ids, path, f"labels (id column {str(idc)!r})")
+    lab = _as_labels(pd.Series(np.asarray(values, dtype=object), index=ids))
+    lab.name = str(col)
+    return lab
 
-        a = ad.read_h5ad(path)
-        if obsm_key is not None:
-            if obsm_key not in a.obsm:
-                raise StmorphInputError(f"obsm key {obsm_key!r} not found", file=path, expected=f"one of {list(a.obsm)}")
-            M = np.asarray(a.obsm[obsm_key])
-            cols = [f"{obsm_key}_{i}" for i in range(M.shape[1])]
-        else:
-            M = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
-            cols = list(map(str, a.var_names))
-        return pd.DataFrame(M, index=a.obs_names.astype(str), columns=cols)
-    df = pd.read_csv(path)
-    col = id_column or df.columns[0]
-    if col not in df.columns:
-        raise StmorphInputError("id column not found", file=path, column=col, expected=f"one of {list(df.columns)[:10]}")
-    df = df.set_index(col)
-    df.index = df.index.astype(str)
-    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    if bad:
-        raise StmorphInputError(f"non-numeric feature columns {bad[:5]}", file=path, expected="numeric features")
-    if df.index.duplicated().any():
-        raise StmorphInputError("duplicated cell ids", file=path, column=str(col), expected="unique cell ids")
-    return df
+
+def drop_small_labels(labels: pd.Series, min_size: int) -> tuple[pd.Series, dict[str, int]]:
+    """Leave out labels with fewer than ``min_size`` cells (stratified cross-validation needs one per fold).
+
+    Parameters
+    ----------
+    labels
+        Labels indexed by cell id.
+    min_size
+        Fewest cells a label must have (e.g. ``EvalConfig.n_splits``).
+
+    Returns
+    -------
+    ``(labels, left_out)`` with ``left_out`` = ``{label: number of cells}`` of the labels removed.
+
+    Examples
+    --------
+    >>> lab, out = drop_small_labels(pd.Series(["a"] * 5 + ["b"] * 2), 5)
+    >>> len(lab), out
+    (5, {'b': 2})
+    """
+    sizes = labels.value_counts()
+    small = sizes[sizes < int(min_size)]
+    left_out = {str(k): int(v) for k, v in small.items()}
+    if left_out:
+        labels = labels[~labels.isin(small.index)]
+    return labels, left_out
+
+
+def _shared_ids(ids: Mapping[str, pd.Index], min_overlap: float) -> tuple[pd.Index, dict[str, float]]:
+    """Cell ids shared by all inputs (in the first input's order) and each input's shared fraction.
+
+    Refuses (:class:`StmorphInputError` naming the input, the fraction and example ids on both sides) when an
+    input has fewer than ``min_overlap`` of its ids shared: mostly unmatched ids mean a wrong id column.
+    """
+    names = list(ids)
+    shared = ids[names[0]]
+    for name in names[1:]:
+        shared = shared.intersection(ids[name], sort=False)
+    overlap = {name: (len(idx.intersection(shared)) / len(idx) if len(idx) else 0.0) for name, idx in ids.items()}
+    for name, frac in overlap.items():
+        if frac < min_overlap or len(shared) == 0:
+            idx = ids[name]
+            mine = list(idx.difference(shared, sort=False)[:3]) if len(idx) else []
+            others = {k: list(v[:3]) for k, v in ids.items() if k != name}
+            raise StmorphInputError(
+                f"only {frac:.0%} of the cell ids of input {name!r} ({len(idx.intersection(shared))} of {len(idx)}) "
+                f"are shared by all inputs; unmatched ids here: {mine}; ids elsewhere: {others}", file=name,
+                expected="the same cell ids in every input (check the id columns, --id-column); lower min_overlap "
+                         "(--min-overlap) only if the inputs really cover different cells")
+    return shared, overlap
 
 
 def align_inputs(
-    tables: Mapping[str, pd.DataFrame], labels: pd.Series, *, exclude_labels: Sequence[str] = ()
+    tables: Mapping[str, pd.DataFrame],
+    labels: pd.Series,
+    *,
+    exclude_labels: Sequence[str] = (),
+    min_overlap: float = 0.5,
 ) -> tuple[dict[str, pd.DataFrame], pd.Series, dict]:
     """Restrict all tables and the labels to the cells they share (minus excluded labels), in one order.
 
@@ -163,39 +500,51 @@ def align_inputs(
     tables
         Named DataFrames indexed by cell id.
     labels
-        Labels indexed by cell id.
+        Labels indexed by cell id; missing ones (NaN, empty) are dropped and counted.
     exclude_labels
         Labels to drop (e.g. ``"Removed"``).
+    min_overlap
+        Refuse the join when an input (a table or the labels) has fewer than this fraction of its cell ids
+        shared by all inputs: ids that mostly do not match mean the wrong id column, not a subset.
 
     Returns
     -------
-    ``(tables, labels, report)`` with ``report`` = cells per input, cells kept and dropped per input.
+    ``(tables, labels, report)`` with ``report`` = cells per input, cells kept and dropped per input, the number
+    of missing labels dropped and the fraction of each input's ids shared.
 
     Examples
     --------
     >>> t = {"A": pd.DataFrame({"f": [1.0, 2.0, 3.0]}, index=["a", "b", "c"])}
-    >>> _, lab, rep = align_inputs(t, pd.Series(["x", "y"], index=["a", "b"]))
-    >>> rep["n_cells"], rep["dropped"]["A"]
-    (2, 1)
+    >>> _, lab, rep = align_inputs(t, pd.Series(["x", "y", None], index=["a", "b", "c"]))
+    >>> rep["n_cells"], rep["dropped"]["A"], rep["missing_labels"]
+    (2, 1, 1)
     """
-    labels = labels.dropna()
+    labels = labels.copy()
     labels.index = labels.index.astype(str)
+    _raise_duplicates(labels.index, "labels", "labels")
+    ids = {name: pd.Index(t.index.astype(str)) for name, t in tables.items()}
+    for name, idx in ids.items():
+        _raise_duplicates(idx, name, "feature table")
+    ids["labels"] = labels.index
+    shared, overlap = _shared_ids(ids, min_overlap)
+    missing = labels.isna() | labels.map(lambda x: isinstance(x, str) and not x.strip())
+    n_missing = int(missing.sum())
+    labels = labels[~missing].astype(str)
     excl = set(map(str, exclude_labels))
-    labels = labels[~labels.astype(str).isin(excl)]
-    common = labels.index
-    for t in tables.values():
-        common = common.intersection(t.index.astype(str))
-    if len(common) == 0:
-        raise StmorphInputError("no cell ids are shared by all inputs", expected="overlapping cell ids")
-    order = labels.index[labels.index.isin(common)]
-    out = {k: v.loc[order] for k, v in tables.items()}
+    labels = labels[~labels.isin(excl)]
+    order = labels.index[labels.index.isin(shared)]
+    if len(order) == 0:
+        raise StmorphInputError("no labelled cell ids are shared by all inputs", expected="overlapping cell ids")
+    out = {k: v.set_axis(ids[k]).loc[order] for k, v in tables.items()}
     report = {
         "n_cells": int(len(order)),
         "inputs": {k: int(len(v)) for k, v in tables.items()} | {"labels": int(len(labels))},
         "dropped": {k: int(len(v) - len(order)) for k, v in tables.items()} | {"labels": int(len(labels) - len(order))},
         "excluded_labels": sorted(excl),
+        "missing_labels": n_missing,
+        "shared_fraction": {k: round(float(v), 4) for k, v in overlap.items()},
     }
-    return out, labels.loc[order].astype(str), report
+    return out, labels.loc[order], report
 
 
 def _record(timings: dict, key: str, t_wall: float, t_cpu: float) -> None:

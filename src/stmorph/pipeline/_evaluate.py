@@ -63,7 +63,7 @@ def evaluate_study(
     -------
     The summary dictionary (also written to ``out/summary.json``).
     """
-    from ..eval import EvalConfig, evaluate_spaces, write_results
+    from ..eval import EvalConfig, drop_small_labels, evaluate_spaces, write_results
 
     labels = sample.labels(label_key)
     if labels is None:
@@ -79,15 +79,16 @@ def evaluate_study(
             options[k] = tuple(options[k])
     cfg = EvalConfig(random_state=random_state, **options)
 
+    n_missing = int(labels.isna().sum())
+    if n_missing:
+        log.warning("%d cells without a label left out of the evaluation", n_missing)
     labels = labels.dropna().astype(str)
     if exclude_labels:
         labels = labels[~labels.isin([str(x) for x in exclude_labels])]
     min_size = int(min_label_size if min_label_size is not None else cfg.n_splits)
-    sizes = labels.value_counts()
-    small = sizes[sizes < min_size]
-    if len(small):
-        log.warning("labels with fewer than %d cells left out of the evaluation: %s", min_size, small.to_dict())
-        labels = labels[~labels.isin(small.index)]
+    labels, small = drop_small_labels(labels, min_size)
+    if small:
+        log.warning("labels with fewer than %d cells left out of the evaluation: %s", min_size, small)
     common = labels.index
     for df in frames.values():
         common = common.intersection(df.index)
@@ -114,5 +115,6 @@ def evaluate_study(
             ridge_inputs[name] = counts
     res = evaluate_spaces(spaces, labels.loc[common], config=cfg, multiplex=pairs, ridge=ridge_inputs)
     write_results(res, Path(out), figures=figures, extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped,
-                                                                "small_labels_left_out": {str(k): int(v) for k, v in small.items()}}})
+                                                                "small_labels_left_out": small,
+                                                                "missing_labels": n_missing}})
     return res.summary

@@ -8,7 +8,7 @@ Kinds
 ``counts``        normalised (median total, log1p) transcript counts; ``genes`` optional list
 ``gene_subset``   counts restricted to a PCA / DE / random gene subset (``method``, ``n_genes`` for random)
 ``obsm``          an embedding already in ``sample.adata.obsm[key]``
-``table``         a CSV / parquet / h5ad table of per-cell features (``path``, ``id_column``)
+``table``         a CSV / parquet / h5ad / loom table of per-cell features (``path``, ``id_column``; ``key`` for an obsm key)
 ``vae``           a cell-crop VAE trained on the sample (``preset`` and overrides)
 ``cellprofiler``  CellProfiler measurements of stain crops (``size``, ``channels``)
 ``cnn``           pretrained-CNN features of stain crops (``weights``, ``arch``, ``n_components``)
@@ -29,7 +29,7 @@ import pandas as pd
 from ..errors import StmorphInputError
 from ..sample import SpatialSample
 
-__all__ = ["SpaceContext", "SPACE_KINDS", "space_kind", "build_space", "space_inputs"]
+__all__ = ["SpaceContext", "SPACE_KINDS", "space_kind", "build_space", "space_inputs", "space_parameters"]
 
 
 @dataclass
@@ -139,26 +139,29 @@ def _obsm(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
 
 @space_kind("table")
 def _table(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
-    path = Path(p["path"])
-    if not path.exists():
-        raise StmorphInputError("feature table not found", file=path, expected="a CSV, parquet or h5ad file")
-    if path.suffix == ".h5ad":
-        import anndata as ad
+    """Per-cell features from a file (:func:`stmorph.eval.read_feature_table`): ``path`` (CSV/TSV, parquet,
+    ``.h5ad``/``.loom``, optionally ``file.h5ad:KEY``), ``id_column``, and for AnnData ``key``/``obsm_key``
+    (an obsm key, a layer or ``"X"``; required when ``obsm`` holds embeddings)."""
+    import logging
 
-        a = ad.read_h5ad(path)
-        df = _frame(a.X, a.obs_names, "", list(map(str, a.var_names)))
-    else:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-        id_col = p.get("id_column") or df.columns[0]
-        if id_col not in df.columns:
-            raise StmorphInputError("id column not found", file=path, column=id_col, expected=f"one of {list(df.columns)[:10]}")
-        df = df.set_index(df[id_col].astype(str)).drop(columns=[id_col])
-    df.index = df.index.astype(str)
+    from ..eval import read_feature_table
+
+    if p.get("path") is None:
+        raise StmorphInputError("a table space needs a `path`", column="path", expected=_TABLE_HINT)
+    key = p.get("key", p.get("obsm_key"))
+    df = read_feature_table(p["path"], id_column=p.get("id_column"), obsm_key=key, numeric_only=True)
     common = ctx.sample.cell_ids.intersection(df.index)
     if len(common) == 0:
-        raise StmorphInputError("no cell id of the table matches the sample", file=path, column=p.get("id_column"),
-                                expected=f"ids like {list(ctx.sample.cell_ids[:3])}")
-    return df.loc[common].select_dtypes("number")
+        raise StmorphInputError("no cell id of the table matches the sample", file=p["path"], column=p.get("id_column"),
+                                expected=f"ids like {list(ctx.sample.cell_ids[:3])}; the table has {list(df.index[:3])}")
+    if len(common) < 0.5 * len(df):
+        logging.getLogger("stmorph.pipeline").warning(
+            "table %s: only %d of its %d cell ids are in the sample (ids like %s; the sample has %s)",
+            p["path"], len(common), len(df), list(df.index.difference(common)[:3]), list(ctx.sample.cell_ids[:3]))
+    return df.loc[common]
+
+
+_TABLE_HINT = "a CSV/TSV, parquet, .h5ad or .loom file"
 
 
 @space_kind("vae")
@@ -250,3 +253,84 @@ def _baseline(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     mdata = _upstream_mudata(ctx, inputs)
     getattr(tl, method)(mdata, random_state=ctx.seed, key_added="X_baseline", **p)
     return _frame(mdata.obsm["X_baseline"], mdata.obs_names, method)
+
+
+# -- the keys each kind accepts (checked by config_from_dict before anything is computed) -----------------------
+_STATIC_PARAMETERS: dict[str, set[str]] = {
+    "counts": {"genes"},
+    "gene_subset": {"method", "n_pcs", "n_top", "n_genes"},
+    "obsm": {"key"},
+    "table": {"path", "id_column", "key", "obsm_key"},
+}
+
+
+def _named_parameters(fn: Callable[..., Any], exclude: set[str], *, var_keyword_ok: bool = False) -> set[str] | None:
+    """Keyword parameters of ``fn`` minus ``exclude``; ``None`` when it takes ``**kwargs`` (anything goes) unless
+    ``var_keyword_ok`` (the caller knows where they go)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    if not var_keyword_ok and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - exclude
+
+
+def space_parameters(kind: str, spec: dict[str, Any] | None = None) -> set[str] | None:
+    """Keys (besides ``kind``) a ``[spaces.NAME]`` table of this kind accepts, or ``None`` when any key is.
+
+    Pass-through kinds accept the keyword arguments of the function their builder calls, minus those the builder
+    sets itself (sample, seed, device, output key): ``vae`` those of :func:`stmorph.tl.train_vae` plus the
+    :class:`~stmorph.models.vae.VAEConfig` fields, ``cellprofiler``/``cnn`` those of
+    :func:`stmorph.features.cellprofiler_features`/:func:`~stmorph.features.cnn_features`, ``muse`` those of
+    :func:`stmorph.tl.muse` plus ``inputs``, ``baseline`` those of its ``method`` plus ``inputs``.
+
+    Parameters
+    ----------
+    kind
+        A name of :data:`SPACE_KINDS`.
+    spec
+        The space's table (for ``baseline``, whose keys depend on ``method``).
+
+    Returns
+    -------
+    The accepted keys, or ``None`` for kinds without a declared key set (e.g. registered by a user).
+
+    Examples
+    --------
+    >>> sorted(space_parameters("table"))
+    ['id_column', 'key', 'obsm_key', 'path']
+    """
+    import dataclasses
+
+    spec = spec or {}
+    if kind in _STATIC_PARAMETERS:
+        return set(_STATIC_PARAMETERS[kind])
+    if kind == "vae":
+        from ..models.vae import VAEConfig
+        from ..tl import train_vae
+
+        named = _named_parameters(train_vae, {"sample", "key_added", "device", "random_state", "checkpoint_dir",
+                                              "copy", "return_model"}, var_keyword_ok=True) or set()
+        return named | ({f.name for f in dataclasses.fields(VAEConfig)} - {"seed"})  # **config_overrides
+    if kind == "cellprofiler":
+        from ..features import cellprofiler_features
+
+        return _named_parameters(cellprofiler_features, {"sample", "key_added", "copy"})
+    if kind == "cnn":
+        from ..features import cnn_features
+
+        return _named_parameters(cnn_features, {"data", "key_added", "device", "random_state", "copy"})
+    if kind == "muse":
+        from ..tl import muse
+
+        keys = _named_parameters(muse, {"mdata", "modalities", "random_state", "device", "key_added", "copy"})
+        return None if keys is None else keys | {"inputs"}
+    if kind == "baseline":
+        from .. import tl
+
+        method = spec.get("method", "concat_pca")
+        if method not in _BASELINES:
+            return {"inputs", "method"}
+        keys = _named_parameters(getattr(tl, method), {"mdata", "modalities", "random_state", "key_added", "copy"})
+        return None if keys is None else keys | {"inputs", "method"}
+    return None

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..pl._eval import count_significant_pairs  # noqa: E402
 from ..sample import SpatialSample  # noqa: E402
 
 __all__ = ["write_report", "label_colors"]
@@ -284,8 +285,7 @@ def _pairwise_heatmaps(eval_dir: Path, figs: _Figures, tables_dir: Path, spaces:
             fs = 7 if m.shape[0] <= 20 else 5
             ax.set_xticks(ticks, m.columns, rotation=90, fontsize=fs)
             ax.set_yticks(ticks, m.index, fontsize=fs)
-            n_sig = int(np.nansum(np.triu(m.to_numpy(float), 1) < 0.05))
-            n_pairs = m.shape[0] * (m.shape[0] - 1) // 2
+            n_sig, n_pairs = count_significant_pairs(m, 0.05)  # each unordered pair once, no diagonal
             ax.set_title(f"{name}: {n_sig}/{n_pairs} pairs p_adj < 0.05", fontsize=9)
         if im is not None:
             fig.colorbar(im, ax=axes.ravel().tolist(), label="BH-adjusted p (dark = different)", shrink=0.6)

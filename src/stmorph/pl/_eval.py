@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["pairwise_pvalue_heatmap", "per_label_bars", "jaccard_heatmap", "write_eval_figures"]
+__all__ = ["pairwise_pvalue_heatmap", "per_label_bars", "jaccard_heatmap", "write_eval_figures", "count_significant_pairs"]
 
 
 def _pairwise_matrix(df: pd.DataFrame, value: str = "padj") -> pd.DataFrame:
@@ -19,6 +19,39 @@ def _pairwise_matrix(df: pd.DataFrame, value: str = "padj") -> pd.DataFrame:
         M.loc[g1, g2] = v
         M.loc[g2, g1] = v
     return M
+
+
+def count_significant_pairs(matrix: pd.DataFrame | np.ndarray, alpha: float = 0.05) -> tuple[int, int]:
+    """Count the label pairs of a symmetric pairwise p-value matrix, each unordered pair once.
+
+    The diagonal (a label against itself) is not a pair; a pair's p-value is read from the upper triangle, or
+    from the lower one where only that is filled. Untested pairs (NaN in both) are not counted.
+
+    Parameters
+    ----------
+    matrix
+        ``(L, L)`` p-values (e.g. BH-adjusted), NaN where a pair was not tested.
+    alpha
+        Significance level (strictly below counts).
+
+    Returns
+    -------
+    ``(n_significant, n_pairs)``.
+
+    Examples
+    --------
+    >>> m = np.array([[np.nan, 0.01, 0.2], [0.01, np.nan, 0.03], [0.2, 0.03, np.nan]])
+    >>> count_significant_pairs(m)
+    (2, 3)
+    """
+    M = np.asarray(matrix, dtype=float)
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"a square pairwise matrix is needed, got shape {M.shape}")
+    iu = np.triu_indices(M.shape[0], k=1)
+    upper, lower = M[iu], M.T[iu]
+    p = np.where(np.isnan(upper), lower, upper)
+    tested = ~np.isnan(p)
+    return int((p[tested] < alpha).sum()), int(tested.sum())
 
 
 def pairwise_pvalue_heatmap(df: pd.DataFrame, *, value: str = "padj", title: str | None = None, ax: Any = None) -> Any:
