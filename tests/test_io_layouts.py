@@ -499,7 +499,7 @@ def test_xenium_morphology_focus_folder(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 def test_merscope_preset(tmp_path):
     d = make_merscope(tmp_path / "v")
-    s = sio.read(d, images={"DAPI": "images/mosaic_DAPI_z3.tif"})  # relative: found beside the table
+    s = sio.read(d)  # the native MERSCOPE reader finds images/mosaic_DAPI_z3.tif itself
     big = 1_234_567_890_123
     assert list(s.cell_ids) == [str(big), str(big + 1)]
     assert s.gene_names == ["Cd4", "Vim"]  # Blank-7 excluded

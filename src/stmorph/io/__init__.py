@@ -23,8 +23,10 @@ from pathlib import Path
 from ..sample import SpatialSample
 from ._baysor import detect_baysor, read_baysor
 from ._common import CONTROL_PREFIXES
-from ._generic import PRESETS, detect_cosmx, detect_merscope, read_cosmx, read_generic, read_merscope
+from ._cosmx import detect_cosmx, read_cosmx
+from ._generic import PRESETS, read_generic
 from ._merfish import detect_merfish_tables, read_merfish_tables
+from ._merscope import detect_merscope, read_merscope
 from ._registry import ReaderSpec, available_formats, detect_format, read, register_reader, write
 from ._spatialdata import detect_spatialdata, from_spatialdata, read_spatialdata, to_spatialdata
 from ._xenium import XENIUM_DEFAULT_PIXEL_SIZE, detect_xenium, read_xenium
@@ -84,6 +86,9 @@ register_reader(
     "merfish_tables", detect=detect_merfish_tables, read=read_merfish_tables,
     description="per-cell MERFISH tables: gene_counts.csv + cell_meta_data.csv (+ labels, embeddings)",
 )
-register_reader("merscope", detect=detect_merscope, read=read_merscope, description="Vizgen MERSCOPE detected_transcripts.csv")
-register_reader("cosmx", detect=detect_cosmx, read=read_cosmx, description="NanoString CosMx *_tx_file.csv")
+register_reader(
+    "merscope", detect=detect_merscope, read=read_merscope,
+    description="Vizgen MERSCOPE region folder (detected_transcripts.csv, cell_by_gene.csv, cell boundaries, mosaics)",
+)
+register_reader("cosmx", detect=detect_cosmx, read=read_cosmx, description="NanoString CosMx flat-file export (FOVs stitched)")
 register_reader("generic", detect=None, read=read_generic, description="any molecule table, by column mapping (columns=...)")
