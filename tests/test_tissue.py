@@ -312,8 +312,10 @@ def test_write_baysor_layout(tissue, tmp_path):
 def test_write_xenium_layout(tissue, tmp_path):
     s = tissue[0]
     out = write_xenium_layout(s, tmp_path / "xenium", origin_um=(100.0, 50.0))
-    assert sorted(p.name for p in out.iterdir()) == ["cell_types.csv", "cells.csv.gz", "experiment.xenium",
-                                                     "morphology_mip.tif", "transcripts.csv.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cell_boundaries.parquet", "cell_types.csv", "cells.csv.gz", "cells.parquet", "cells.zarr.zip",
+        "experiment.xenium", "morphology_focus", "morphology_mip.tif", "nucleus_boundaries.parquet",
+        "transcripts.csv.gz"]
     tx = pd.read_csv(out / "transcripts.csv.gz")
     assert list(tx.columns) == ["transcript_id", "cell_id", "overlaps_nucleus", "feature_name", "x_location",
                                 "y_location", "z_location", "qv"]

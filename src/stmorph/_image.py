@@ -63,12 +63,24 @@ def _unreadable(path: Path, exc: Exception) -> StmorphInputError:
     )
 
 
-def _open_zarr_array(path: Path) -> tuple[Any, str]:
-    """The level-0 array of a zarr store and its axes (OME-Zarr ``multiscales`` axes when present)."""
+def _zarr_open(path: Path) -> Any:
+    """Open a zarr store read-only: a folder, or a zipped store (``*.zip``, e.g. Xenium ``cells.zarr.zip``)."""
     import zarr
 
+    if path.name.lower().endswith(".zip"):
+        return zarr.open(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
+    return zarr.open(str(path), mode="r")
+
+
+def _open_zarr_array(path: Path, component: str | None = None) -> tuple[Any, str]:
+    """The level-0 array of a zarr store and its axes (OME-Zarr ``multiscales`` axes when present).
+
+    ``component`` is the path of an array or image group inside the store (e.g. ``"masks/1"``).
+    """
     try:
-        node = zarr.open(str(path), mode="r")
+        node = _zarr_open(path)
+        if component:
+            node = node[component]
     except Exception as exc:
         raise _unreadable(path, exc) from exc
     if hasattr(node, "shape"):  # a plain array
@@ -96,13 +108,15 @@ def _open_zarr_array(path: Path) -> tuple[Any, str]:
     return arr, axes
 
 
-def image_axes(path: str | PathLike) -> tuple[str, tuple[int, ...]]:
+def image_axes(path: str | PathLike, component: str | None = None) -> tuple[str, tuple[int, ...]]:
     """The axes (tifffile letters, e.g. ``"CYX"``, ``"YXS"``) and shape of an image file's level 0, no pixels read.
 
     Parameters
     ----------
     path
         TIFF/OME-TIFF, JPEG/PNG or zarr image.
+    component
+        For a zarr store: the array or image group inside it (e.g. ``"masks/1"``).
 
     Returns
     -------
@@ -135,7 +149,7 @@ def image_axes(path: str | PathLike) -> tuple[str, tuple[int, ...]]:
         raise
     except Exception as exc:
         raise _unreadable(path, exc) from exc
-    arr, axes = _open_zarr_array(path)
+    arr, axes = _open_zarr_array(path, component)
     return axes, tuple(int(s) for s in arr.shape)
 
 
@@ -180,9 +194,7 @@ def image_channel_names(path: str | PathLike) -> list[str] | None:
             elif tf.imagej_metadata and tf.imagej_metadata.get("Labels"):
                 names = [str(v) for v in tf.imagej_metadata["Labels"]]
     elif kind == "zarr":
-        import zarr
-
-        node = zarr.open(str(path), mode="r")
+        node = _zarr_open(path)
         attrs = dict(node.attrs)
         omero = attrs.get("omero") or attrs.get("ome", {}).get("omero")
         if omero and omero.get("channels"):
@@ -284,6 +296,9 @@ class StainImage:
     channel
         The channel to take from a multi-channel image (its ``C`` axis, the colour of an RGB composite, or the
         first axis of a plain 3-D stack when ``z`` is not given).
+    component
+        For a zarr store holding several arrays: the path of the array inside it (e.g. ``"masks/1"`` of a Xenium
+        ``cells.zarr.zip``).
 
     Examples
     --------
@@ -292,9 +307,13 @@ class StainImage:
     (64, 64)
     """
 
-    def __init__(self, source: str | PathLike | np.ndarray, *, z: int | None = None, channel: int | None = None):
+    def __init__(
+        self, source: str | PathLike | np.ndarray, *, z: int | None = None, channel: int | None = None,
+        component: str | None = None,
+    ):
         self.z = None if z is None else int(z)
         self.channel = None if channel is None else int(channel)
+        self.component = component or None
         self._array: np.ndarray | None = None
         self._shape: tuple[int, int] | None = None
         if isinstance(source, np.ndarray):
@@ -335,7 +354,7 @@ class StainImage:
                 axes = "YXS" if full.ndim == 3 else "YX"
                 arr = _select(full, axes, self.z, self.channel, self.path)
             else:
-                zarr_arr, axes = _open_zarr_array(self.path)
+                zarr_arr, axes = _open_zarr_array(self.path, self.component)
                 arr = _select(zarr_arr, axes, self.z, self.channel, self.path)
         except StmorphInputError:
             raise
@@ -349,7 +368,7 @@ class StainImage:
         if self._array is not None:
             return tuple(int(s) for s in self._array.shape)  # type: ignore[return-value]
         if self._shape is None:
-            axes, shape = image_axes(self.path)  # type: ignore[arg-type]
+            axes, shape = image_axes(self.path, self.component)  # type: ignore[arg-type]
             self._shape = (shape[axes.index("Y")], shape[axes.index("X")])
         return self._shape
 
@@ -359,13 +378,17 @@ class StainImage:
 
     def to_spec(self) -> dict[str, Any]:
         """A JSON-serialisable reference to this image (used by :meth:`SpatialSample.write`)."""
-        return {"path": None if self.path is None else str(self.path.resolve()), "z": self.z, "channel": self.channel}
+        spec = {"path": None if self.path is None else str(self.path.resolve()), "z": self.z, "channel": self.channel}
+        if self.component:
+            spec["component"] = self.component
+        return spec
 
     def __repr__(self) -> str:
         src = "in-memory" if self.path is None else str(self.path)
         z = "" if self.z is None else f", z={self.z}"
         c = "" if self.channel is None else f", channel={self.channel}"
-        return f"{type(self).__name__}({src}{z}{c})"
+        k = "" if not self.component else f", component={self.component!r}"
+        return f"{type(self).__name__}({src}{z}{c}{k})"
 
 
 def _window(arr: np.ndarray, r0: int, r1: int, c0: int, c1: int, fill: Any) -> np.ndarray:
@@ -533,9 +556,10 @@ def labels_at(segmentation: Segmentation, x: np.ndarray, y: np.ndarray, *, tile:
     if len(x) == 0:
         return out
     h, w = segmentation.shape
-    col = np.floor(x + 0.5).astype(np.int64)
-    row = np.floor(y + 0.5).astype(np.int64)
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.isfinite(x) & np.isfinite(y)
+    finite = np.isfinite(x) & np.isfinite(y)  # NaN/inf -> -1 before the cast (no invalid-cast warning)
+    col = np.floor(np.where(finite, x, -1.0) + 0.5).astype(np.int64)
+    row = np.floor(np.where(finite, y, -1.0) + 0.5).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & finite
     if not inside.any():
         return out
     if isinstance(segmentation, LabelImage) and segmentation.path is None or (

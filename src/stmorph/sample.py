@@ -329,7 +329,7 @@ class SpatialSample:
             p = Path(spec["path"])
             if spec.get("relative"):
                 p = path / p
-            images[name] = StainImage(p, z=spec.get("z"), channel=spec.get("channel"))
+            images[name] = StainImage(p, z=spec.get("z"), channel=spec.get("channel"), component=spec.get("component"))
         segmentation: Segmentation | None = None
         seg_spec = meta.get("segmentation")
         if seg_spec:
@@ -338,7 +338,8 @@ class SpatialSample:
             if seg_spec.get("kind") == "polygons":
                 segmentation = PolygonSegmentation(pd.read_parquet(p), tuple(seg_spec["shape"]))
             else:
-                segmentation = LabelImage(p, z=seg_spec.get("z"), channel=seg_spec.get("channel"))
+                segmentation = LabelImage(p, z=seg_spec.get("z"), channel=seg_spec.get("channel"),
+                                          component=seg_spec.get("component"))
         return cls(adata, molecules, images, meta.get("pixel_size"), meta.get("name", path.stem),
                    meta.get("provenance", {}), segmentation)
 

@@ -1,4 +1,5 @@
-"""``stmorph simulate``: write a synthetic tissue as a sample folder or a Baysor / Xenium layout."""
+"""``stmorph simulate``: write a synthetic tissue as a sample folder or a vendor layout (Baysor, Xenium, CosMx,
+MERSCOPE)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-_LAYOUTS = ("sample", "baysor", "xenium")
+_LAYOUTS = ("sample", "baysor", "xenium", "cosmx", "merscope")
 
 
 def register(app: typer.Typer) -> None:
@@ -14,7 +15,8 @@ def register(app: typer.Typer) -> None:
     def simulate(
         out: Path = typer.Argument(..., help="Folder to write (must not exist unless --overwrite)."),
         layout_out: str = typer.Option(
-            "sample", "--as", help="What to write: 'sample' (stmorph sample folder), 'baysor' or 'xenium' layout."
+            "sample", "--as", help="What to write: 'sample' (stmorph sample folder), or the native layout of "
+            "'baysor', 'xenium', 'cosmx' (flat files, 2 x 2 FOVs) or 'merscope' (region folder)."
         ),
         n_cells: int = typer.Option(600, "--n-cells", help="Number of cells."),
         n_types: int = typer.Option(6, "--n-types", help="Number of cell types."),
@@ -40,6 +42,8 @@ def register(app: typer.Typer) -> None:
         """Simulate a tissue of cell types with expression, morphology, DAPI/membrane images and transcripts."""
         from ..datasets._tissue import synthetic_tissue, write_baysor_layout, write_xenium_layout
         from ..errors import StmorphInputError
+        from ..io._cosmx import write_cosmx_layout
+        from ..io._merscope import write_merscope_layout
 
         if layout_out not in _LAYOUTS:
             raise StmorphInputError(f"unknown output kind '{layout_out}'", column="--as", expected=f"one of {_LAYOUTS}")
@@ -53,10 +57,10 @@ def register(app: typer.Typer) -> None:
         )
         if layout_out == "sample":
             sample.write(out, overwrite=overwrite)
-        elif layout_out == "baysor":
-            write_baysor_layout(sample, out, overwrite=overwrite)
         else:
-            write_xenium_layout(sample, out, overwrite=overwrite)
+            writer = {"baysor": write_baysor_layout, "xenium": write_xenium_layout, "cosmx": write_cosmx_layout,
+                      "merscope": write_merscope_layout}[layout_out]
+            writer(sample, out, overwrite=overwrite)
         info = sample.adata.uns["synthetic_tissue"]
         typer.echo(repr(sample))
         typer.echo(f"  morphology-only pairs: {info['morphology_only_groups']}")

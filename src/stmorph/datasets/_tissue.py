@@ -17,7 +17,6 @@ Coordinates are pixels: pixel ``(row, col)`` is centred on ``(y, x) = (row, col)
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import uuid
 from os import PathLike
@@ -954,115 +953,5 @@ def write_baysor_layout(
     return Path(out_dir)
 
 
-def write_xenium_layout(
-    sample: SpatialSample,
-    out_dir: str | PathLike,
-    *,
-    pixel_size: float | None = None,
-    origin_um: tuple[float, float] = (0.0, 0.0),
-    label_key: str = "cell_type",
-    control_fraction: float = 0.005,
-    overwrite: bool = False,
-    random_state: int = 0,
-) -> Path:
-    """Write a sample in the native 10x Xenium output layout (micrometres).
-
-    Files: ``transcripts.csv.gz`` (``transcript_id, cell_id, overlaps_nucleus, feature_name, x_location,
-    y_location, z_location, qv``; ``cell_id`` is the sample's cell id or ``"UNASSIGNED"``; a few
-    ``NegControlProbe_*`` and ``BLANK_*`` rows, assigned to random cells at one of their molecules),
-    ``cells.csv.gz`` (``cell_id, x_centroid, y_centroid, transcript_counts, control_probe_counts,
-    total_counts, cell_area, nucleus_area``; areas in square micrometres), ``morphology_mip.tif`` (the DAPI
-    image), ``experiment.xenium`` (JSON with ``pixel_size``) and ``cell_types.csv`` (``cell_id,
-    cell_type``, the ground truth). Micrometres are ``origin_um + pixels * pixel_size``.
-
-    Parameters
-    ----------
-    sample
-        The sample (needs molecules and a DAPI image).
-    out_dir
-        Folder to create.
-    pixel_size
-        Micrometres per pixel; default the sample's, else 0.2125 (Xenium's).
-    origin_um
-        ``(x, y)`` in micrometres of pixel ``(0, 0)``.
-    label_key
-        ``obs`` column written to ``cell_types.csv``.
-    control_fraction
-        Control-probe rows as a fraction of the molecules (at least 2 of each kind).
-    overwrite
-        Replace an existing folder.
-    random_state
-        Seed for quality values, transcript ids and control rows.
-
-    Returns
-    -------
-    pathlib.Path
-        The folder written.
-
-    Examples
-    --------
-    >>> from stmorph.datasets import synthetic_tissue, write_xenium_layout
-    >>> write_xenium_layout(synthetic_tissue(n_cells=50, n_types=4), "xenium_dir")  # doctest: +SKIP
-    """
-    import tifffile
-
-    mol = _require_molecules(sample)
-    if "DAPI" not in sample.images:
-        raise StmorphInputError("the sample has no 'DAPI' image", expected="sample.images['DAPI']")
-    rng = np.random.default_rng(random_state)
-    ps = float(pixel_size if pixel_size is not None else (sample.pixel_size or 0.2125))
-    x0, y0 = float(origin_um[0]), float(origin_um[1])
-    n = sample.n_cells
-    ids = np.asarray(sample.cell_ids, dtype=object)
-    pos = _cell_positions(sample, mol)
-    x = mol["x"].to_numpy(np.float64)
-    y = mol["y"].to_numpy(np.float64)
-    z = mol["z"].to_numpy(np.float64) if "z" in mol else np.zeros(len(mol))
-    in_nuc = mol["in_nucleus"].to_numpy(bool) if "in_nucleus" in mol else np.zeros(len(mol), dtype=bool)
-    feature = mol["gene"].astype(str).to_numpy(object)
-    # control probes: each at a molecule of a random assigned cell (so it falls inside that cell)
-    n_ctrl = max(int(round(control_fraction * len(mol))), 4)
-    assigned_rows = np.flatnonzero(pos >= 0)
-    src = rng.choice(assigned_rows, n_ctrl) if len(assigned_rows) else rng.integers(0, max(len(mol), 1), n_ctrl)
-    half = n_ctrl // 2
-    ctrl_names = np.array([f"NegControlProbe_{i % 5 + 1:05d}" for i in range(half)]
-                          + [f"BLANK_{i % 5 + 1:04d}" for i in range(n_ctrl - half)], dtype=object)
-    all_pos = np.concatenate([pos, pos[src]])
-    cell_id = np.where(all_pos >= 0, ids[np.maximum(all_pos, 0)] if n else "UNASSIGNED", "UNASSIGNED")
-    m_total = len(mol) + n_ctrl
-    tx = pd.DataFrame({
-        "transcript_id": 281474976710656 + np.sort(rng.choice(10 * m_total, m_total, replace=False)),
-        "cell_id": cell_id,
-        "overlaps_nucleus": np.concatenate([in_nuc, in_nuc[src]]).astype(np.int64),
-        "feature_name": np.concatenate([feature, ctrl_names]),
-        "x_location": np.round(x0 + np.concatenate([x, x[src]]) * ps, 4),
-        "y_location": np.round(y0 + np.concatenate([y, y[src]]) * ps, 4),
-        "z_location": np.round(np.concatenate([z, z[src]]), 4),
-        "qv": np.round(rng.uniform(20.0, 40.0, m_total), 3),
-    })
-    counts = _int_counts(sample)
-    ctrl_counts = np.bincount(pos[src][pos[src] >= 0], minlength=n) if n else np.zeros(0, dtype=np.int64)
-    obs = sample.adata.obs
-    area_px = obs["cell_area"].to_numpy(np.float64) if "cell_area" in obs else np.full(n, np.nan)
-    nuc_px = obs["nucleus_area"].to_numpy(np.float64) if "nucleus_area" in obs else np.full(n, np.nan)
-    cells = pd.DataFrame({
-        "cell_id": ids,
-        "x_centroid": x0 + sample.centroids[:, 0] * ps,
-        "y_centroid": y0 + sample.centroids[:, 1] * ps,
-        "transcript_counts": counts.sum(1),
-        "control_probe_counts": ctrl_counts,
-        "total_counts": counts.sum(1) + ctrl_counts,
-        "cell_area": area_px * ps * ps,
-        "nucleus_area": nuc_px * ps * ps,
-    })
-    labels = obs[label_key].astype(str).to_numpy(object) if label_key in obs else np.full(n, "unknown", dtype=object)
-    experiment = {"pixel_size": ps, "run_name": sample.name, "analysis_sw_version": "stmorph-synthetic",
-                  "stmorph_origin_um": [x0, y0]}
-    with _AtomicDir(out_dir, overwrite) as tmp:
-        gz = {"method": "gzip", "compresslevel": 1, "mtime": 0}  # fast, and byte-identical for one seed
-        tx.to_csv(tmp / "transcripts.csv.gz", index=False, compression=gz)
-        cells.to_csv(tmp / "cells.csv.gz", index=False, compression=gz)
-        tifffile.imwrite(tmp / "morphology_mip.tif", np.ascontiguousarray(sample.images["DAPI"].read()))
-        (tmp / "experiment.xenium").write_text(json.dumps(experiment, indent=2))
-        pd.DataFrame({"cell_id": ids, "cell_type": labels}).to_csv(tmp / "cell_types.csv", index=False)
-    return Path(out_dir)
+# write_xenium_layout lives next to its reader (stmorph.io._xenium); re-exported here for compatibility.
+from ..io._xenium import write_xenium_layout  # noqa: E402
