@@ -36,7 +36,7 @@ from .errors import StmorphInputError
 
 __all__ = [
     "StainImage", "LabelImage", "PolygonSegmentation", "SpatialSample", "MoleculeIndex", "LABEL_KEY", "LABEL_ID_KEY",
-    "read_sample",
+    "read_sample", "resolve_channels", "CHANNEL_ROLES",
 ]
 
 #: Default ``obs`` column for cell-type labels.
@@ -371,6 +371,69 @@ class SpatialSample:
             "labels": None if lab is None else {str(k): int(v) for k, v in lab.value_counts().items()},
             "reader": self.provenance.get("reader"),
         }
+
+
+#: Stain roles that presets ask for, and the channel names that fill them in vendor exports (lower case, tried in
+#: this order; a channel matches when its name contains the alias). "membrane": CosMx "Membrane"/"CD298_B2M",
+#: MERSCOPE "Cellbound1..3", Xenium "ATP1A1/CD45/E-Cadherin" (boundary stain).
+CHANNEL_ROLES: dict[str, tuple[str, ...]] = {
+    "DAPI": ("dapi", "hoechst", "dna", "nucle"),
+    "membrane": ("membrane", "cellbound1", "cellbound", "boundary", "atp1a1", "cadherin", "cd298", "b2m", "wga",
+                 "pank", "panck"),
+}
+
+
+def resolve_channels(available: list[str], wanted: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Map the channel names a preset asks for (``"DAPI"``, ``"membrane"``) to the sample's channels.
+
+    A name present in ``available`` maps to itself; else a case-insensitive exact match; else the first channel
+    whose name contains one of the role's aliases (:data:`CHANNEL_ROLES`, tried in order).
+
+    Parameters
+    ----------
+    available
+        The sample's channel names.
+    wanted
+        The names asked for.
+
+    Returns
+    -------
+    dict of wanted name -> sample channel
+
+    Raises
+    ------
+    StmorphInputError
+        When a name cannot be matched (the message lists the sample's channels).
+
+    Examples
+    --------
+    >>> resolve_channels(["DAPI", "Cellbound1", "Cellbound2", "PolyT"], ["DAPI", "membrane"])
+    {'DAPI': 'DAPI', 'membrane': 'Cellbound1'}
+    >>> resolve_channels(["DAPI", "ATP1A1_CD45_E-Cadherin", "18S"], ["membrane"])
+    {'membrane': 'ATP1A1_CD45_E-Cadherin'}
+    """
+    out: dict[str, str] = {}
+    low = {c.lower(): c for c in available}
+    for w in wanted:
+        if w in available:
+            out[w] = w
+            continue
+        if w.lower() in low:
+            out[w] = low[w.lower()]
+            continue
+        hit = None
+        for alias in CHANNEL_ROLES.get(w, (w.lower(),)):
+            cands = sorted(c for c in available if alias in c.lower())
+            if cands:
+                hit = cands[0]
+                break
+        if hit is None:
+            raise StmorphInputError(
+                f"no channel of the sample fills the '{w}' role", column="channels",
+                expected=f"one of the sample's channels {list(available)} (choose with channels=/--channels)",
+            )
+        out[w] = hit
+    return out
 
 
 def read_sample(path: str | PathLike) -> SpatialSample:

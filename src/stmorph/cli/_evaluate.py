@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
                                            "not with --multiplex)."),
         seed: int = typer.Option(0, "--seed", help="Random seed for every analysis."),
         no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
+        html_report: bool = typer.Option(True, "--report/--no-report", help="Also write the HTML report "
+                                         "(OUT/report/report.html), the same as `stmorph run` writes."),
+        sample_path: Path = typer.Option(None, "--sample", help="The sample folder the features come from: adds "
+                                         "the tissue overview and example crops to the report."),
     ) -> None:
         """Evaluate feature spaces: pairwise PERMANOVA/PERMDISP, RF classification, tuned Leiden, multiplex, ridge."""
         import time
@@ -114,6 +118,10 @@ def register(app: typer.Typer) -> None:
             a, b = m.split("+", 1)
             pairs.append((a, b))
         spaces = {k: v for k, v in aligned.items() if k != "--counts"}
+        unknown = sorted({n for p in pairs for n in p} - set(spaces))
+        if unknown:
+            raise StmorphInputError(f"--multiplex names {unknown} are not feature spaces", column="--multiplex",
+                                    expected=f"names among {sorted(spaces)}")
         ridge_in = {name: aligned["--counts"] for name in ridge}
         res = evaluate_spaces(spaces, lab, config=cfg, multiplex=pairs, ridge=ridge_in)
         report["dropped"]["counts"] = report["dropped"].pop("--counts", 0)
@@ -123,3 +131,19 @@ def register(app: typer.Typer) -> None:
         write_results(res, out, figures=not no_figures, extra={"cells": report,
                                                                 "total_seconds": time.perf_counter() - t0})
         typer.echo(f"wrote {out / 'summary.json'} ({report['n_cells']} cells, {time.perf_counter() - t0:.1f} s)")
+        if html_report:
+            from ..pipeline.report import write_report
+            from ..sample import LABEL_KEY, read_sample
+
+            smp = None
+            if sample_path is not None:
+                smp = read_sample(sample_path)
+                keep = smp.cell_ids.isin(lab.index)
+                if not keep.any():
+                    raise StmorphInputError("no cell of the sample is among the evaluated cells", file=sample_path,
+                                            expected="the sample the feature tables come from")
+                smp = smp.subset(keep)
+                smp.adata.obs[LABEL_KEY] = pd.Categorical(lab.reindex(smp.cell_ids).astype(str).to_numpy())
+            page = write_report(smp, spaces, out, out / "report", labels=lab, seed=seed,
+                                title=f"stmorph evaluate: {', '.join(spaces)}")
+            typer.echo(f"wrote {page}")

@@ -295,7 +295,7 @@ def _pairwise_heatmaps(eval_dir: Path, figs: _Figures, tables_dir: Path, spaces:
 
 
 def write_report(
-    sample: SpatialSample,
+    sample: SpatialSample | None,
     frames: dict[str, pd.DataFrame],
     eval_dir: str | PathLike,
     out: str | PathLike,
@@ -305,13 +305,15 @@ def write_report(
     title: str | None = None,
     label_key: str | None = None,
     seed: int | None = None,
+    labels: pd.Series | None = None,
 ) -> Path:
     """Write ``report.html`` plus ``figures/`` (PNG + SVG) and ``tables/`` (CSV) into ``out``.
 
     Parameters
     ----------
     sample
-        The study's sample (labels, centroids, images for example crops).
+        The study's sample (labels, centroids, images for example crops); ``None`` (``stmorph evaluate`` without
+        ``--sample``) leaves out the sample overview and the example crops.
     frames
         Feature spaces by name (cells x features).
     eval_dir
@@ -320,6 +322,8 @@ def write_report(
         Output folder.
     config, timings, title
         Run parameters, stage timings and a title shown in the report.
+    labels
+        The labels (indexed by cell id) when they do not come from ``sample.obs[label_key]``.
 
     Returns
     -------
@@ -339,23 +343,25 @@ def write_report(
     label_key = label_key or getattr(config, "label_key", "cell_type")
     seed = int(seed if seed is not None else getattr(config, "seed", 0))
     summary = json.loads((eval_dir / "summary.json").read_text()) if (eval_dir / "summary.json").exists() else {}
-    labels = sample.labels(label_key)
+    if labels is None and sample is not None:
+        labels = sample.labels(label_key)
     colors = label_colors(labels.astype(str)) if labels is not None else {}
     figs = _Figures(out)
     sections: list[tuple[str, str]] = []
 
-    # sample overview
-    parts = [figs.save(_sample_overview(sample, label_key, colors), "sample_overview")]
-    parts.append(f"<p>{html.escape(repr(sample))}</p>")
-    sections.append(("Sample", "".join(parts)))
+    if sample is not None:
+        # sample overview
+        parts = [figs.save(_sample_overview(sample, label_key, colors), "sample_overview")]
+        parts.append(f"<p>{html.escape(repr(sample))}</p>")
+        sections.append(("Sample", "".join(parts)))
 
-    # example crops
-    try:
-        fig = _example_crops(sample, label_key, colors, seed)
-        if fig is not None:
-            sections.append(("Example crops per label", figs.save(fig, "example_crops")))
-    except Exception as exc:  # a report must not die on a figure; say what happened
-        sections.append(("Example crops per label", f"<p class='warn'>not drawn: {html.escape(str(exc))}</p>"))
+        # example crops
+        try:
+            fig = _example_crops(sample, label_key, colors, seed)
+            if fig is not None:
+                sections.append(("Example crops per label", figs.save(fig, "example_crops")))
+        except Exception as exc:  # a report must not die on a figure; say what happened
+            sections.append(("Example crops per label", f"<p class='warn'>not drawn: {html.escape(str(exc))}</p>"))
 
     # UMAPs
     sections.append(("Feature spaces (UMAP, coloured by label)", figs.save(_umaps(frames, labels, colors, seed), "umaps")))
@@ -423,7 +429,7 @@ def write_report(
         meta_html += "<h3>Timings (seconds; cached = reused from an earlier run)</h3>" + tdf.to_html()
     sections.append(("Parameters, versions and timings", meta_html))
 
-    title = title or f"stmorph report: {sample.name}"
+    title = title or f"stmorph report: {sample.name if sample is not None else eval_dir.name}"
     body = "\n".join(f"<section><h2>{html.escape(h)}</h2>{c}</section>" for h, c in sections)
     toc = "".join(f"<li>{html.escape(h)}</li>" for h, _ in sections)
     doc = f"""<!DOCTYPE html>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from ..sample import SpatialSample
 
 __all__ = ["train_vae"]
+
+log = logging.getLogger("stmorph.tl")
 
 
 def train_vae(
@@ -56,7 +59,9 @@ def train_vae(
     latent
         ``"mean"`` (posterior mean) or ``"sample"`` (one seeded draw per cell, what the study exported).
     channels
-        Override the preset's stain channels, e.g. ``("DAPI",)`` for a DAPI-only Xenium sample.
+        Override the preset's stain channels, e.g. ``("DAPI",)`` for a DAPI-only Xenium sample. By default the
+        preset's roles ("DAPI", "membrane") are filled by the sample's own stains (MERSCOPE ``Cellbound1``, Xenium
+        ``ATP1A1/CD45/E-Cadherin``, CosMx ``Membrane``; :func:`stmorph.sample.resolve_channels`), with a log line.
     cells
         Cells to train on and embed (default all); others (and cells under ``min_cell_transcripts``) get NaN.
     device
@@ -111,9 +116,27 @@ def train_vae(
         if config_overrides.get("crop_size") is not None:
             raise StmorphInputError("give crop_size (pixels) or crop_um (micrometres), not both",
                                     expected="one crop size")
-        config_overrides["crop_size"] = crop_size_px(sample, crop_um=crop_um, what="VAE crop")
+        px = crop_size_px(sample, crop_um=crop_um, what="VAE crop")
+        from ..models.vae import min_crop_size
+
+        if px < min_crop_size():
+            raise StmorphInputError(
+                f"crop_um={crop_um:g} is {px} px at {sample.pixel_size:g} um/px, below the VAE's minimum of "
+                f"{min_crop_size()} px", column="crop_um",
+                expected=f"crop_um >= {min_crop_size() * sample.pixel_size:.1f}",
+            )
+        config_overrides["crop_size"] = px
     if masks:
         config_overrides["mask_stains"] = True
+    if channels is None:  # the preset's roles (DAPI, membrane) filled by the sample's own stain names
+        from ..sample import resolve_channels
+
+        roles = get_preset(preset).channels if isinstance(preset, str) else preset.channels
+        if roles and not set(roles) <= set(sample.channel_names):
+            mapping = resolve_channels(sample.channel_names, list(roles))
+            channels = [mapping[r] for r in roles]
+            log.warning("stain channels for %s: %s", preset if isinstance(preset, str) else preset.name,
+                        ", ".join(f"{r} -> {c}" for r, c in mapping.items()))
     cfg = get_preset(preset, channels=None if channels is None else tuple(channels), seed=int(random_state),
                      **config_overrides)
     if crop_um is None:
