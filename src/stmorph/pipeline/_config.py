@@ -156,9 +156,11 @@ def config_from_dict(
     for name, spec in spaces.items():
         if not isinstance(spec, dict) or "kind" not in spec:
             raise StmorphInputError(f"feature space '{name}' needs a `kind`", file=where, column=f"spaces.{name}.kind")
-        if "path" in spec and spec["path"] is not None:
-            p = Path(str(spec["path"])).expanduser()
-            spec["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+        for key in ("path", "masks"):  # file paths relative to the config (masks = true: the sample's own)
+            val = spec.get(key)
+            if isinstance(val, str) and not (key == "masks" and val == "sample"):
+                p = Path(val).expanduser()
+                spec[key] = str(p if p.is_absolute() else (base_dir / p).resolve())
     if out is None:
         out = raw.get("out")
         if out is None:
