@@ -178,9 +178,6 @@ def register(app: typer.Typer) -> None:
             kwargs["images"] = {}  # checked for applicability before any file is opened
         params = inspect.signature(reader).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if takes_any and getattr(reader, "__module__", "") == "stmorph.io._generic" and reader is not sio.read_generic:
-            # read_merscope / read_cosmx presets forward everything to read_generic
-            takes_any, params = False, inspect.signature(sio.read_generic).parameters
         bad = [k for k in kwargs if k not in params and not takes_any]
         if bad:
             flags = {"exclude_labels": "exclude_label", "images": "image"}

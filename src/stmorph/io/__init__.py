@@ -8,8 +8,8 @@
 ``xenium``      native 10x Xenium output (``transcripts.parquet``/``.csv.gz``, ``cells``, morphology image)
 ``baysor``      Baysor segmentation folder (``segmentation.csv`` + stats, counts, stain stacks)
 ``merfish_tables`` per-cell tables (``gene_counts.csv`` + ``cell_meta_data.csv`` + labels + embeddings)
-``merscope``    Vizgen MERSCOPE (``detected_transcripts.csv``) via :func:`read_generic`
-``cosmx``       NanoString CosMx (``*_tx_file.csv``) via :func:`read_generic`
+``merscope``    Vizgen MERSCOPE region folder (transcripts, cell tables, boundaries, mosaics)
+``cosmx``       NanoString CosMx flat-file export (FOVs stitched, CellLabels, images)
 ``generic``     any molecule table by column mapping (never auto-detected)
 ============== =================================================================================
 

@@ -48,7 +48,7 @@ from ._common import (
     unassign_unknown_cells,
 )
 
-__all__ = ["read_generic", "read_merscope", "read_cosmx", "PRESETS", "detect_merscope", "detect_cosmx"]
+__all__ = ["read_generic", "PRESETS"]
 
 #: An image of ``read_generic(images=...)``: a path, ``(path, z)``, ``(path, z, channel)``, a dict with keys
 #: ``path``, ``z``, ``channel``, or a ready :class:`~stmorph.StainImage`.
@@ -87,16 +87,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "transform": None,
     },
 }
-
-
-def detect_merscope(path: Path) -> bool:
-    """A ``detected_transcripts.csv`` file or a folder holding one."""
-    return path.name == "detected_transcripts.csv" or (path.is_dir() and (path / "detected_transcripts.csv").exists())
-
-
-def detect_cosmx(path: Path) -> bool:
-    """A ``*tx_file.csv[.gz]`` file or a folder holding one."""
-    return ("tx_file.csv" in path.name) or (path.is_dir() and any(path.glob("*tx_file.csv*")))
 
 
 def read_generic(
@@ -413,50 +403,6 @@ def read_generic(
     }
     ps = None if pixel_size is None else float(pixel_size)
     return SpatialSample(adata, mol, imgs, ps, name or mpath.parent.name or "sample", prov, seg)
-
-
-def read_merscope(path: str | PathLike, **kwargs: Any) -> SpatialSample:
-    """Read a Vizgen MERSCOPE region folder (or its ``detected_transcripts.csv``): :func:`read_generic` with
-    ``preset="merscope"``.
-
-    Parameters
-    ----------
-    path
-        The region folder or the transcript table.
-    **kwargs
-        Passed to :func:`read_generic` (e.g. ``images={"DAPI": ("images/mosaic_DAPI_z3.tif", None)}``).
-
-    Returns
-    -------
-    SpatialSample
-
-    Examples
-    --------
-    >>> s = read_merscope("region_0/", images={"DAPI": "region_0/images/mosaic_DAPI_z3.tif"})  # doctest: +SKIP
-    """
-    return read_generic(path, preset="merscope", **kwargs)
-
-
-def read_cosmx(path: str | PathLike, **kwargs: Any) -> SpatialSample:
-    """Read a NanoString CosMx export folder (or its ``*_tx_file.csv``): :func:`read_generic` with
-    ``preset="cosmx"``.
-
-    Parameters
-    ----------
-    path
-        The export folder or the transcript table.
-    **kwargs
-        Passed to :func:`read_generic`.
-
-    Returns
-    -------
-    SpatialSample
-
-    Examples
-    --------
-    >>> s = read_cosmx("Lung5_Rep1/")  # doctest: +SKIP
-    """
-    return read_generic(path, preset="cosmx", **kwargs)
 
 
 def _glob_one(folder: Path, pattern: str, *, what: str) -> Path:
