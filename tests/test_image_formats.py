@@ -363,3 +363,27 @@ def test_labels_at_label_image_in_memory_and_from_file(tmp_path):
     np.testing.assert_array_equal(labels_at(LabelImage(fs, z=1), x, y), _expected_at(stack[1], x, y))
     with pytest.raises(StmorphInputError, match="z="):
         labels_at(LabelImage(fs), x, y)
+
+
+def test_window_reads_only_the_window_of_compressed_and_zarr_images(tmp_path, monkeypatch):
+    """A crop of a whole-slide image must not load the plane: compressed tiled TIFFs and zarr stores are sliced
+    through a lazy view (StainImage.read is made to fail to prove it)."""
+    import zarr
+
+    from stmorph import LabelImage, StainImage
+
+    a = (np.arange(300 * 400, dtype=np.uint32).reshape(300, 400) % 977).astype(np.uint16)
+    f = tmp_path / "c.tif"
+    tifffile.imwrite(f, np.stack([a, a + 1]), tile=(64, 64), compression="zlib", metadata={"axes": "CYX"})
+    z = tmp_path / "lab.zarr"
+    za = zarr.open_array(str(z), mode="w", shape=a.shape, chunks=(64, 64), dtype=np.int32)
+    za[:] = a.astype(np.int32)
+
+    def no_read(self):
+        raise AssertionError("the whole plane was read")
+
+    monkeypatch.setattr(StainImage, "_load", no_read)
+    img = StainImage(f, channel=1)
+    np.testing.assert_array_equal(img.window(10, 50, 300, 420), np.pad(a[10:50, 300:400] + 1, ((0, 0), (0, 20))))
+    lab = LabelImage(z)
+    np.testing.assert_array_equal(lab.window(-5, 20, 0, 30), np.pad(a[0:20, 0:30].astype(np.int32), ((5, 0), (0, 0))))

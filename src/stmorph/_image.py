@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import shapely
 
 from .errors import StmorphInputError
 
@@ -336,9 +337,50 @@ class StainImage:
         return self._array
 
     def window(self, r0: int, r1: int, c0: int, c1: int, *, fill: Any = 0) -> np.ndarray:
-        """Rows ``r0:r1`` and columns ``c0:c1`` of the plane; parts outside the image are ``fill``."""
-        arr = self.read()
-        return _window(arr, r0, r1, c0, c1, fill)
+        """Rows ``r0:r1`` and columns ``c0:c1`` of the plane; parts outside the image are ``fill``.
+
+        Only the window is read: from the memory map, or chunk by chunk from a zarr store or a compressed, tiled
+        TIFF (through tifffile's zarr view), never the whole plane of a slide.
+        """
+        return _window(self._lazy_plane(), r0, r1, c0, c1, fill)
+
+    def _lazy_plane(self) -> Any:
+        """The plane as an array-like that reads only what is sliced (the plane itself once read or mapped)."""
+        if self._array is not None or self.path is None:
+            return self.read()
+        if getattr(self, "_lazy", None) is None:
+            kind = _kind(self.path)
+            lazy: Any = None
+            try:
+                if kind == "zarr":
+                    arr, axes = _open_zarr_array(self.path, self.component)
+                    lazy = _PlaneView(arr, _plane_index(axes, arr.shape, self.z, self.channel, self.path))
+                elif kind == "tiff":
+                    lazy = self._tiff_view()
+            except StmorphInputError:
+                raise
+            except Exception:  # no lazy view: fall back to reading the plane
+                lazy = None
+            self._lazy = lazy if lazy is not None else self.read()
+        return self._lazy
+
+    def _tiff_view(self) -> Any:
+        import tifffile
+
+        try:
+            mm = tifffile.memmap(self.path, series=0, level=0, mode="r")
+            axes, shape = image_axes(self.path)
+            if tuple(mm.shape) == shape:
+                return self.read()  # memory-mapped: slicing reads only the window
+        except (ValueError, OSError, TypeError, tifffile.TiffFileError, IndexError):
+            pass
+        import zarr
+
+        arr = zarr.open(tifffile.imread(self.path, aszarr=True, series=0, level=0), mode="r")
+        axes, shape = image_axes(self.path)
+        if tuple(arr.shape) != shape:
+            return None
+        return _PlaneView(arr, _plane_index(axes, shape, self.z, self.channel, self.path))
 
     def _load(self) -> np.ndarray:
         assert self.path is not None
@@ -391,7 +433,21 @@ class StainImage:
         return f"{type(self).__name__}({src}{z}{c}{k})"
 
 
-def _window(arr: np.ndarray, r0: int, r1: int, c0: int, c1: int, fill: Any) -> np.ndarray:
+class _PlaneView:
+    """One 2-D plane of a lazily read N-d array: ``view[rows, cols]`` reads only those rows and columns."""
+
+    def __init__(self, arr: Any, index: tuple) -> None:
+        self.arr, self.index = arr, index
+        self.shape = tuple(int(n) for n, i in zip(arr.shape, index) if isinstance(i, slice))
+        self.dtype = np.dtype(arr.dtype)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        keys = iter(key)
+        full = tuple(next(keys) if isinstance(i, slice) else i for i in self.index)
+        return np.asarray(self.arr[full])
+
+
+def _window(arr: Any, r0: int, r1: int, c0: int, c1: int, fill: Any) -> np.ndarray:
     h, w = arr.shape
     r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
     if r0 >= 0 and c0 >= 0 and r1 <= h and c1 <= w:
@@ -415,14 +471,22 @@ class LabelImage(StainImage):
 
     kind = "raster"
 
-    def read(self) -> np.ndarray:
-        arr = super().read()
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+    def window(self, r0: int, r1: int, c0: int, c1: int, *, fill: Any = 0) -> np.ndarray:
+        out = super().window(r0, r1, c0, c1, fill=fill)
+        self._check_dtype(out.dtype)
+        return out
+
+    def _check_dtype(self, dtype: np.dtype) -> None:
+        if not (np.issubdtype(dtype, np.integer) or dtype == bool):
             where = self.path if self.path is not None else "in-memory"
             raise StmorphInputError(
-                f"a segmentation must hold integer labels, got {arr.dtype} ({where})", file=self.path,
+                f"a segmentation must hold integer labels, got {dtype} ({where})", file=self.path,
                 expected="an integer label image (0 = background)",
             )
+
+    def read(self) -> np.ndarray:
+        arr = super().read()
+        self._check_dtype(arr.dtype)
         return arr
 
 
@@ -474,11 +538,21 @@ class PolygonSegmentation:
         self._bounds = b
         starts = self.vertices.groupby(["label_id", "part"], sort=True).indices
         self._rings = [starts[k] for k in b.index]
+        self._tree: Any = None
         self._array: np.ndarray | None = None
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.int32) if self.label_ids.max(initial=0) < 2**31 else np.dtype(np.int64)
+
+    def _index(self) -> Any:
+        """An R-tree (shapely's STRtree) of the rings' bounding boxes: a window finds its polygons in log time,
+        not by scanning every cell (a crop per cell would otherwise cost cells squared)."""
+        if self._tree is None:
+            b = self._bounds
+            self._tree = shapely.STRtree(shapely.box(b["xmin"].to_numpy(), b["ymin"].to_numpy(),
+                                                     b["xmax"].to_numpy(), b["ymax"].to_numpy()))
+        return self._tree
 
     @property
     def label_ids(self) -> np.ndarray:
@@ -496,12 +570,11 @@ class PolygonSegmentation:
         r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
         out = np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=self.dtype)
         b = self._bounds
-        hit = (b["xmax"].to_numpy() >= c0 - 0.5) & (b["xmin"].to_numpy() <= c1 - 0.5) & \
-              (b["ymax"].to_numpy() >= r0 - 0.5) & (b["ymin"].to_numpy() <= r1 - 0.5)
+        hit = np.sort(self._index().query(shapely.box(c0 - 0.5, r0 - 0.5, c1 - 0.5, r1 - 0.5)))
         x = self.vertices["x"].to_numpy()
         y = self.vertices["y"].to_numpy()
         labels = b.index.get_level_values(0).to_numpy()
-        for k in np.flatnonzero(hit):  # sorted by label: larger labels drawn last win
+        for k in hit:  # sorted by label: larger labels drawn last win
             rows = self._rings[k]
             rr, cc = draw_polygon(y[rows] - r0, x[rows] - c0, shape=out.shape)
             out[rr, cc] = labels[k]
