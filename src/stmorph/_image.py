@@ -477,7 +477,7 @@ class LabelImage(StainImage):
         return out
 
     def _check_dtype(self, dtype: np.dtype) -> None:
-        if not (np.issubdtype(dtype, np.integer) or dtype == bool):
+        if not (np.issubdtype(dtype, np.integer) or np.dtype(dtype) == np.dtype(bool)):
             where = self.path if self.path is not None else "in-memory"
             raise StmorphInputError(
                 f"a segmentation must hold integer labels, got {dtype} ({where})", file=self.path,
