@@ -234,6 +234,21 @@ def test_stitched_files_on_disk_are_reused(atomx, atomx_dir, tmp_path):
         read_cosmx(atomx_dir, in_memory=False, stitch_dir=other)
 
 
+def test_read_only_export_stitches_into_the_user_cache(atomx, atomx_dir, tmp_path, monkeypatch):
+    import os
+
+    export = _copy(atomx_dir, tmp_path / "export")
+    real_access = os.access  # root may write anywhere: pretend the export is read-only
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == export and mode == os.W_OK
+                        else real_access(p, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    s = read_cosmx(export, in_memory=False)
+    assert not (export / "stmorph_stitched").exists()
+    assert s.segmentation.path is not None and (tmp_path / "cache") in s.segmentation.path.parents
+    assert "read-only" in str(s.provenance["report"]["stitch_dir"])
+    np.testing.assert_array_equal(s.segmentation.read(), atomx.segmentation.read())
+
+
 def test_autodetect(atomx_dir):
     assert sio.detect_format(atomx_dir) == "cosmx"
     assert sio.detect_format(atomx_dir / f"{RUN}_tx_file.csv.gz") == "cosmx"

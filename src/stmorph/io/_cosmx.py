@@ -52,7 +52,8 @@ all FOVs into one mosaic**:
   pixel in its FOV's label image).
 * Small mosaics (at most ``in_memory_limit`` bytes over all layers) stay in memory (``SpatialSample.write``
   then copies them into the sample folder). Larger ones are written once as uncompressed TIFFs (memory-mapped
-  when read) into ``stitch_dir`` (default ``<folder>/stmorph_stitched``) with a manifest; a later read with the
+  when read) into ``stitch_dir`` (default ``<folder>/stmorph_stitched``, or the user's cache folder when the export
+  is read-only) with a manifest; a later read with the
   same files and FOVs reuses them.
 
 Names, cells, counts
@@ -1059,7 +1060,7 @@ def read_cosmx(
     offsets: dict[int, int] = {}
     stitch_info: dict[str, Any] = {"shape": list(grid)}
     if labs or layers:
-        sdir = Path(stitch_dir) if stitch_dir is not None else root / "stmorph_stitched"
+        sdir = Path(stitch_dir) if stitch_dir is not None else _default_stitch_dir(root, report)
         seg, imgs, offsets, present, stitch_info = _stitch(
             pl, grid, labs, layers, max_id, in_memory=in_memory, in_memory_limit=int(in_memory_limit),
             stitch_dir=sdir, report=report,
@@ -1113,6 +1114,20 @@ def read_cosmx(
         "report": report.as_dict(),
     }
     return SpatialSample(adata, mol, imgs, ps, name or ds or root.name, prov, seg)
+
+
+def _default_stitch_dir(root: Path, report: Report) -> Path:
+    """``<export>/stmorph_stitched`` when the export folder is writable, else a folder in the user's cache
+    (``$XDG_CACHE_HOME/stmorph`` or ``~/.cache/stmorph``) named after the export: read-only exports work too."""
+    import os
+
+    if os.access(root, os.W_OK):
+        return root / "stmorph_stitched"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stmorph" / "cosmx_stitched"
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    out = base / f"{root.name}-{tag}"
+    report.info("stitch_dir", f"the export folder is read-only: stitched mosaics go to {out}")
+    return out
 
 
 def _cell_ids(fov: np.ndarray, cell: np.ndarray) -> pd.arrays.StringArray:
