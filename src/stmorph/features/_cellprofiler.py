@@ -17,6 +17,12 @@ colocalisation (``correlation``: Pearson, Manders, RWC, Costes with an explicit 
 The object is the whole crop unless per-crop masks are given (real cell masks: a label image cropped with the
 same boxes). Measurements are plain functions over arrays: :func:`measure_crops` takes ``(n, C, S, S)``
 crops scaled to ``[0, 1]``; :func:`cellprofiler_features` is the :class:`~stmorph.SpatialSample` wrapper.
+
+Two engines compute the same features: ``engine="fast"`` (default; :mod:`stmorph.features._fast`) measures a
+chunk of crops at once - geometry shared between crops, numba kernels for granularity, radial distribution and
+Haralick texture - with values equal to cp-measure's numpy functions (bit for bit for most features, to rounding
+for the rest; ``tests/test_features_fast.py``); ``engine="cp_measure"`` calls cp-measure's functions one crop and
+one channel at a time (the reference). Module ``quality`` is written here for both.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "sizeshape": {"calculate_advanced": False},
     "correlation": {"costes_scale_max": 255},
 }
+
+#: Measurement engines: stmorph's stack engine (equal values, many times faster) and cp-measure's own functions.
+ENGINES: tuple[str, ...] = ("fast", "cp_measure")
 
 _PREFIX = {"texture": "Texture_", "granularity": "", "intensity": "", "radial_distribution": "", "sizeshape": "AreaShape_"}
 
@@ -223,6 +232,12 @@ def _merged_params(params: dict[str, dict[str, Any]] | None) -> dict[str, dict[s
     return out
 
 
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise StmorphInputError(f"engine={engine!r}", expected=f"one of {ENGINES}")
+    return engine
+
+
 def measure_crop(
     crop: np.ndarray,
     channel_names: Sequence[str],
@@ -230,6 +245,7 @@ def measure_crop(
     *,
     modules: Sequence[str] = DEFAULT_MODULES,
     params: dict[str, dict[str, Any]] | None = None,
+    engine: Literal["fast", "cp_measure"] = "fast",
 ) -> dict[str, float]:
     """CellProfiler features of one ``(C, S, S)`` crop, as a flat ``{feature_channel: value}`` dict.
 
@@ -246,6 +262,9 @@ def measure_crop(
         Subset of :data:`ALL_MODULES`.
     params
         Per-module parameter overrides of :data:`DEFAULT_PARAMS`.
+    engine
+        ``"fast"`` (stmorph's stack engine) or ``"cp_measure"`` (cp-measure's functions, with the accelerator in
+        force); same names, equal values (see the module docstring).
 
     Returns
     -------
@@ -260,18 +279,36 @@ def measure_crop(
     >>> round(measure_crop(crop, ["DAPI"], modules=["intensity"])["Intensity_MeanIntensity_DAPI"], 4)
     0.125
     """
-    from cp_measure.bulk import get_core_measurements, get_correlation_measurements
-
     mods = _check_modules(modules)
     prm = _merged_params(params)
+    _check_engine(engine)
     crop = np.asarray(crop, dtype=np.float32)
     if crop.ndim != 3 or len(channel_names) != crop.shape[0]:
         raise StmorphInputError(
             f"crop of shape {crop.shape} with {len(channel_names)} channel names", expected="(C, S, S) and C names"
         )
+    if mask is not None and np.shape(mask) != crop.shape[1:]:
+        raise StmorphInputError(f"mask of shape {np.shape(mask)} for a crop of shape {crop.shape}", expected="(S, S)")
+    if engine == "cp_measure":
+        return _measure_crop_cp(crop, list(channel_names), mask, mods, prm)
+    if mask is not None and not np.any(mask):
+        return {}
+    names, values = _measure_fast(crop[None], list(channel_names), None if mask is None else np.asarray(mask)[None],
+                                  mods, prm)
+    return {k: float(v) for k, v in zip(names, values[0])}
+
+
+def _measure_crop_cp(
+    crop: np.ndarray,
+    channel_names: list[str],
+    mask: np.ndarray | None,
+    mods: tuple[str, ...],
+    prm: dict[str, dict[str, Any]],
+) -> dict[str, float]:
+    """cp-measure's functions on one crop (the ``cp_measure`` engine)."""
+    from cp_measure.bulk import get_core_measurements, get_correlation_measurements
+
     labels = np.ones(crop.shape[1:], dtype=np.int32) if mask is None else (np.asarray(mask) != 0).astype(np.int32)
-    if labels.shape != crop.shape[1:]:
-        raise StmorphInputError(f"mask of shape {labels.shape} for a crop of shape {crop.shape}", expected="(S, S)")
     if not labels.any():
         return {}
     core = get_core_measurements(sanitize=False)
@@ -307,6 +344,48 @@ def measure_crop(
     return out
 
 
+def _measure_fast(
+    crops: np.ndarray,
+    channel_names: list[str],
+    masks: np.ndarray | None,
+    mods: tuple[str, ...],
+    prm: dict[str, dict[str, Any]],
+) -> tuple[list[str], np.ndarray]:
+    """The ``fast`` engine on ``(n, C, S, S)`` float32 crops: names in :func:`measure_crop`'s order and values.
+
+    Crops with an empty mask get a NaN row; when every mask is empty there are no columns (as the
+    ``cp_measure`` engine, whose rows are then all empty dicts). ``sizeshape`` and ``correlation`` are measured
+    by cp-measure per crop.
+    """
+    from ._fast import FAST_MODULES, measure_stack
+
+    n = crops.shape[0]
+    keep = np.ones(n, bool) if masks is None else (np.asarray(masks) != 0).any(axis=(1, 2))
+    if not keep.any():
+        return [], np.empty((n, 0))
+    sub = crops if keep.all() else crops[keep]
+    msub = None if masks is None else (np.asarray(masks)[keep] != 0)
+    names, values = measure_stack(sub, channel_names, msub, [m for m in mods if m in FAST_MODULES], prm)
+    slow = tuple(m for m in mods if m not in FAST_MODULES)
+    if slow:
+        rows = [
+            _measure_crop_cp(sub[i], channel_names, None if msub is None else msub[i], slow, prm)
+            for i in range(sub.shape[0])
+        ]
+        pre = [k for k in rows[0] if k.startswith(_PREFIX["sizeshape"])]
+        post = [k for k in rows[0] if not k.startswith(_PREFIX["sizeshape"])]
+        extra = np.array([[r.get(k, np.nan) for k in pre + post] for r in rows], dtype=np.float64).reshape(
+            len(rows), len(pre) + len(post)
+        )
+        names = pre + names + post
+        values = np.concatenate([extra[:, : len(pre)], values, extra[:, len(pre) :]], axis=1)
+    if keep.all():
+        return names, values
+    full = np.full((n, len(names)), np.nan)
+    full[keep] = values
+    return names, full
+
+
 def _measure_chunk(
     crops: np.ndarray,
     masks: np.ndarray | None,
@@ -315,18 +394,26 @@ def _measure_chunk(
     modules: tuple[str, ...],
     params: dict[str, dict[str, Any]],
     accelerator: str | None,
-) -> list[dict[str, float]]:
+    engine: str = "cp_measure",
+) -> list[dict[str, float]] | tuple[list[str], np.ndarray]:
     names = list(channel_names) + [f"{ch}_otsu" for ch in otsu_channels]
     idx = [channel_names.index(ch) for ch in otsu_channels]
-    rows = []
     # threads share cp-measure's global accelerator: the caller sets it once around them ("keep")
     ctx = contextlib.nullcontext() if accelerator == "keep" else _accelerator(accelerator)
     with ctx:
+        if engine == "fast":
+            from ._fast import otsu_binary_stack
+
+            if idx:
+                crops = np.concatenate([crops, np.stack([otsu_binary_stack(crops[:, j]) for j in idx], axis=1)], axis=1)
+            return _measure_fast(np.ascontiguousarray(crops, dtype=np.float32), names, masks, modules, params)
+        rows = []
         for i in range(crops.shape[0]):
             crop = crops[i]
             if idx:
                 crop = np.concatenate([crop, np.stack([otsu_binary(crop[j]) for j in idx])], axis=0)
-            rows.append(measure_crop(crop, names, None if masks is None else masks[i], modules=modules, params=params))
+            rows.append(measure_crop(crop, names, None if masks is None else masks[i], modules=modules,
+                                     params=params, engine="cp_measure"))
     return rows
 
 
@@ -344,10 +431,11 @@ def measure_crops(
     params: dict[str, dict[str, Any]] | None = None,
     n_jobs: int = 1,
     backend: Literal["loky", "threading"] = "loky",
-    chunk_size: int = 16,
+    chunk_size: int | None = None,
     accelerator: str | None = "auto",
     index: Sequence[str] | None = None,
     progress_desc: str = "CellProfiler features",
+    engine: Literal["fast", "cp_measure"] = "fast",
 ) -> pd.DataFrame:
     """CellProfiler features of many crops: one row per crop, one column per feature.
 
@@ -370,15 +458,21 @@ def measure_crops(
     n_jobs
         Parallel workers (joblib); ``-1`` = all cores. ``1`` runs in this process.
     backend
-        ``"loky"`` (processes) or ``"threading"``; see ``benchmarks/results/features.md`` for which is faster.
+        ``"loky"`` (processes) or ``"threading"``; see ``benchmarks/RESULTS.md`` for which is faster.
     chunk_size
-        Crops per parallel task.
+        Crops per call of the engine (and per parallel task); default 64 for ``"fast"`` (measured together), 16
+        for ``"cp_measure"``.
     accelerator
-        cp-measure accelerator: ``"auto"`` (numba when installed: ~20x faster texture), ``"numba"`` or ``None``.
+        cp-measure accelerator for the ``cp_measure`` engine (and the ``sizeshape``/``correlation`` modules of
+        the fast one): ``"auto"`` (numba when installed: ~20x faster texture, values within ~1e-4), ``"numba"``
+        or ``None`` (numpy: the values the ``fast`` engine equals).
     index
         Row labels (cell ids); default ``0..n-1`` as strings.
     progress_desc
         Progress-bar label.
+    engine
+        ``"fast"`` (default): stmorph's stack engine, equal values (:mod:`stmorph.features._fast`);
+        ``"cp_measure"``: cp-measure's functions crop by crop.
 
     Returns
     -------
@@ -417,34 +511,44 @@ def measure_crops(
     mods = _check_modules(modules)
     prm = _merged_params(params)
     acc = _resolve_accelerator(accelerator)
+    _check_engine(engine)
     n = crops.shape[0]
     idx = [str(i) for i in range(n)] if index is None else [str(i) for i in index]
     if len(idx) != n:
         raise StmorphInputError(f"{len(idx)} index labels for {n} crops", expected="one label per crop")
     crops = np.clip(np.nan_to_num(crops.astype(np.float32, copy=False), nan=0.0), 0.0, 1.0)
-    parts = _chunks(n, max(1, int(chunk_size)))
-    args = (channel_names, otsu_channels, mods, prm, acc)
+    size = (64 if engine == "fast" else 16) if chunk_size is None else chunk_size
+    parts = _chunks(n, max(1, int(size)))
+    args = (channel_names, otsu_channels, mods, prm, acc, engine)
     n_jobs = default_num_threads() if n_jobs in (-1, None) else max(1, int(n_jobs))
-    rows: list[dict[str, float]] = []
+    results: list[Any] = []
     bar = progress(range(n), desc=progress_desc, total=n, unit="cell")
     if n_jobs == 1 or len(parts) == 1:
         for sl in parts:
-            rows.extend(_measure_chunk(crops[sl], None if masks is None else masks[sl], *args))
+            results.append(_measure_chunk(crops[sl], None if masks is None else masks[sl], *args))
             bar.update(sl.stop - sl.start)  # type: ignore[attr-defined]
     else:
         from joblib import Parallel, delayed
 
         if backend == "threading":
-            args = (channel_names, otsu_channels, mods, prm, "keep")
+            args = (channel_names, otsu_channels, mods, prm, "keep", engine)
         elif backend != "loky":
             raise StmorphInputError(f"backend={backend!r}", expected="'loky' or 'threading'")
         par = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
         with _accelerator(acc) if backend == "threading" else contextlib.nullcontext():
             gen = par(delayed(_measure_chunk)(crops[sl], None if masks is None else masks[sl], *args) for sl in parts)
             for sl, res in zip(parts, gen):
-                rows.extend(res)
+                results.append(res)
                 bar.update(sl.stop - sl.start)  # type: ignore[attr-defined]
     bar.close()  # type: ignore[attr-defined]
+    if engine == "fast":
+        names = next((r[0] for r in results if r[0]), [])
+        values = np.full((n, len(names)), np.nan)
+        for sl, (nm, v) in zip(parts, results):
+            if nm:
+                values[sl] = v
+        return pd.DataFrame(values, columns=names, index=pd.Index(idx, name="cell_id"))
+    rows: list[dict[str, float]] = [r for res in results for r in res]
     columns: list[str] = []
     seen: set[str] = set()
     for r in rows:
@@ -550,6 +654,7 @@ def cellprofiler_features(
     batch_size: int = 256,
     accelerator: str | None = "auto",
     copy: bool = False,
+    engine: Literal["fast", "cp_measure"] = "fast",
 ):
     """CellProfiler features of every cell of a sample into ``adata.obsm["X_cp_<name>"]``.
 
@@ -600,6 +705,8 @@ def cellprofiler_features(
         Cells cropped at once (bounds memory for large crops).
     copy
         Return a new sample instead of writing into ``sample.adata``.
+    engine
+        ``"fast"`` (default) or ``"cp_measure"``: see :func:`measure_crops` (equal values).
 
     Returns
     -------
@@ -654,7 +761,7 @@ def cellprofiler_features(
             measure_crops(
                 crops, chans, mk, modules=modules, otsu_channels=otsu, params=params, n_jobs=n_jobs,
                 backend=backend, accelerator=accelerator, index=sample.cell_ids[sl],
-                progress_desc=f"CellProfiler features {sl.start}-{sl.stop} of {n}",
+                progress_desc=f"CellProfiler features {sl.start}-{sl.stop} of {n}", engine=engine,
             )
         )
     df = pd.concat(frames, axis=0)
@@ -695,6 +802,7 @@ def cellprofiler_features(
     adata.uns[f"{key}_features"] = list(df.columns)
     info: dict[str, Any] = {
         "method": "cellprofiler (cp-measure)",
+        "engine": engine,
         "size": int(size),
         "channels": chans,
         "otsu_channels": otsu,
