@@ -10,6 +10,7 @@ Namespaces (scanpy style, imported lazily so ``import stmorph`` stays fast):
 * :mod:`stmorph.eval` - PERMANOVA/PERMDISP, classification, clustering, gene prediction
 * :mod:`stmorph.pl` - plots
 * :mod:`stmorph.pipeline` - the one-command study and its report
+* :mod:`stmorph.distributed` - per-cell work of whole slides, tile by tile on dask.distributed
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _passive_openmp()  # before torch/numba start their OpenMP pools
 
 __version__ = "0.2.0"
 
-_SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models"}
+_SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models", "distributed"}
 
 __all__ = [
     "SpatialSample", "StainImage", "LabelImage", "PolygonSegmentation", "StmorphInputError", "read_sample", "LABEL_KEY",

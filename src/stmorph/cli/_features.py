@@ -18,6 +18,40 @@ def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _cellprofiler_distributed(
+    sample_dir: Path, out: Path, key: str, h5ad: Path | None, workers: int | None, scheduler: str | None, **kwargs
+) -> None:
+    """``stmorph features cellprofiler --workers N / --scheduler ADDRESS``: :mod:`stmorph.distributed`."""
+    import anndata as ad
+    import pandas as pd
+
+    from ..distributed import cellprofiler_features as distributed_cellprofiler
+    from ..errors import StmorphInputError
+
+    if workers is not None and workers < 1:
+        raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
+    if kwargs.get("intensity_scale") not in ("image", "dtype"):
+        try:
+            kwargs["intensity_scale"] = float(kwargs["intensity_scale"])
+        except (TypeError, ValueError):
+            pass
+    tiles = out.with_name(out.name + ".tiles")
+    df = distributed_cellprofiler(sample_dir, out_dir=tiles, key_added=key, n_workers=workers, scheduler=scheduler,
+                                  overwrite="changed", **kwargs)
+    info = df.attrs["info"]
+    adata = ad.read_h5ad(sample_dir / "cells.h5ad") if h5ad is not None else ad.AnnData(
+        obs=pd.DataFrame(index=pd.Index(df.index.astype(str))))
+    adata.obsm[key] = df.to_numpy()
+    adata.uns[f"{key}_features"] = list(df.columns)
+    adata.uns[key] = info
+    d = info["distributed"]
+    typer.echo(
+        f"measured {info['n_features_measured']} features, kept {info['n_features_kept']} in {info['seconds']:.1f} s "
+        f"({d['n_computed']} of {d['n_tiles']} tiles computed, {d['n_skipped']} resumed; tiles in {tiles})"
+    )
+    write_obsm(adata, key, out, h5ad=h5ad)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(features_app, name="features")
 
@@ -46,13 +80,29 @@ def register(app: typer.Typer) -> None:
         n_jobs: int = typer.Option(1, help="Parallel worker processes (-1 = all cores)."),
         key: str = typer.Option(None, help="obsm key (default X_cp_<size>)."),
         h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
+        workers: int = typer.Option(
+            None, "--workers", help="Run tile by tile on a local dask cluster of this many worker processes (one "
+            "thread each; the same table as the serial run). Tiles go to <out>.tiles/; a killed run resumes there.",
+        ),
+        scheduler: str = typer.Option(
+            None, "--scheduler", help="Run tile by tile on the dask scheduler at this address (e.g. tcp://host:8786 of "
+            "a SLURM cluster started with dask-jobqueue); workers need the sample on a shared file system.",
+        ),
     ) -> None:
         """CellProfiler features (cp-measure) of square crops around every cell."""
         from ..features import cellprofiler_features
         from ..sample import SpatialSample
 
-        sample = SpatialSample.read(sample_dir)
         k = key or (f"X_cp_{size}" if crop_um is None else f"X_cp_{crop_um:g}um")
+        if (workers is not None and workers > 1) or scheduler:
+            _cellprofiler_distributed(
+                sample_dir, out, k, h5ad, workers, scheduler, size=size, crop_um=crop_um, channels=_split(channels),
+                otsu_channels=tuple(_split(otsu) or ()), modules=_split(modules) or (), masks=masks,
+                mask_ids=mask_ids, intensity_scale=intensity_scale, select=select,
+                fill_nan="median" if fill_nan else None,
+            )
+            return
+        sample = SpatialSample.read(sample_dir)
         cellprofiler_features(
             sample,
             size=size,

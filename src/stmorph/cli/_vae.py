@@ -50,6 +50,14 @@ def register(app: typer.Typer) -> None:
             None, "--origin", help="x y micrometres of pixel (0, 0), for the reader (Xenium crops)."
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        workers: int | None = typer.Option(
+            None, "--workers", help="Encode the cells tile by tile on a local dask cluster of this many worker "
+            "processes after training (training itself runs here). Tiles go to <out>.tiles/.",
+        ),
+        scheduler: str | None = typer.Option(
+            None, "--scheduler", help="Encode on the dask scheduler at this address (e.g. tcp://host:8786 of a SLURM "
+            "cluster started with dask-jobqueue); workers need the sample on a shared file system.",
+        ),
     ) -> None:
         """Train a VAE on per-cell crops (spot planes and/or stains) and write one latent vector per cell."""
         import time
@@ -69,14 +77,29 @@ def register(app: typer.Typer) -> None:
                 f"--masks {masks}: VAE crops are masked with the sample's own segmentation", column="--masks",
                 expected="'--masks' without a value (read the sample with its segmentation)",
             )
+        if workers is not None and workers < 1:
+            raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
+        distributed = (workers is not None and workers > 1) or bool(scheduler)
         t0 = time.perf_counter()
-        train_vae(
+        model = train_vae(
             sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=seed,
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
             crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,
+            embed=not distributed, return_model=distributed,
         )
         obsm_key = key_added or f"X_{get_preset(preset).name}"
         key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
+        if distributed:
+            import numpy as np
+
+            from ..distributed import vae_latents
+
+            z = vae_latents(sample, model, out_dir=out.with_name(out.name + ".tiles"), latent=latent,  # type: ignore[arg-type]
+                            device=device, random_state=seed, n_workers=workers, scheduler=scheduler,
+                            overwrite=True)
+            sample.adata.obsm[obsm_key] = z
+            sample.adata.uns[key]["n_cells_embedded"] = int(np.isfinite(z).all(axis=1).sum())
+            sample.adata.uns[key]["distributed"] = True
         from ._output import is_table, write_obsm
 
         if is_table(out):

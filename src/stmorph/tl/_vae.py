@@ -40,6 +40,7 @@ def train_vae(
     masks: bool = False,
     copy: bool = False,
     return_model: bool = False,
+    embed: bool = True,
     **config_overrides: Any,
 ) -> ad.AnnData | CropVAE | tuple[ad.AnnData, CropVAE] | None:
     """Train a cell-crop VAE (the study's LS1-LS5) and write one latent vector per cell to ``obsm``.
@@ -85,6 +86,10 @@ def train_vae(
         Return a modified copy of ``sample.adata`` instead of writing in place.
     return_model
         Also return the trained :class:`~stmorph.models.vae.CropVAE`.
+    embed
+        Compute the latent space and write it to ``obsm`` (default). ``False`` trains (and saves) the model only,
+        e.g. to encode the cells tile by tile on a cluster with :func:`stmorph.distributed.vae_latents`; ``uns``
+        is written with ``n_cells_embedded = 0``.
     **config_overrides
         Any other :class:`~stmorph.models.vae.VAEConfig` field (``epochs``, ``crop_size``, ``widths``, ``lr``...).
 
@@ -148,15 +153,17 @@ def train_vae(
     model.train(sample, cells=cells, max_epochs=max_epochs, device=device, checkpoint_dir=checkpoint_dir,
                 resume=resume)
     t_train = time.perf_counter() - t0
-    ds = model.dataset(sample, cells=cells, train=False)
-    z = model.get_latent(ds, latent=latent, device=device, random_state=random_state)
+    if embed:
+        ds = model.dataset(sample, cells=cells, train=False)
+        z = model.get_latent(ds, latent=latent, device=device, random_state=random_state)
     if model_dir is not None:
         model.save(model_dir)
 
     adata = sample.adata.copy() if copy else sample.adata
-    full = np.full((adata.n_obs, cfg.latent_dim), np.nan, dtype=np.float32)
-    full[np.asarray(ds.cell_positions)] = z
-    adata.obsm[obsm_key] = full
+    if embed:
+        full = np.full((adata.n_obs, cfg.latent_dim), np.nan, dtype=np.float32)
+        full[np.asarray(ds.cell_positions)] = z
+        adata.obsm[obsm_key] = full
     adata.uns[key] = {
         "method": "cell-crop VAE (Moser, Hamid, Cimini 2025)",
         "preset": cfg.name,
@@ -165,7 +172,7 @@ def train_vae(
         "config": {k: ("None" if v is None else v) for k, v in cfg.to_dict().items() if k != "extra"},
         "genes": list(model.registry["genes"]) if model.registry else [],
         "channels": list(cfg.channels),
-        "n_cells_embedded": int(len(ds)),
+        "n_cells_embedded": int(len(ds)) if embed else 0,
         "epochs_trained": len(model.history),
         "loss_history": np.array([h["loss"] for h in model.history], dtype=np.float64),
         "device": model.device,

@@ -1,0 +1,272 @@
+"""Benchmark stmorph.distributed at slide scale: read -> crops -> CellProfiler -> evaluation on dask workers.
+
+A synthetic slide of N cells is written out of core by replicating one synthetic tissue on a grid: the stain and
+label images are uncompressed TIFFs filled block by block through ``tifffile.memmap`` (memory stays flat at any
+N), the cell table gets one entry per copy (ids ``<copy>_<cell>``, centroids and label ids offset), and the sample
+folder references the images by path. Then, on a :class:`distributed.LocalCluster` of ``--workers`` processes
+(one thread each):
+
+* ``read``  - the driver reads the cell table and image references (:class:`stmorph.distributed.SampleSource`);
+* ``crops`` - :func:`stmorph.distributed.write_crops`: both stains, every cell, to the tiled zarr store;
+* ``cp``    - :func:`stmorph.distributed.cellprofiler_features`: intensity + texture (256 grey levels, scale 3) on
+  each cell's own mask, DAPI + membrane + Otsu-DAPI, selection and NaN filling on the whole table;
+* ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table, classification only (random forest, 5 folds);
+* ``cp_serial`` - up to ``--serial-max`` cells, :func:`stmorph.features.cellprofiler_features` in this process,
+  one thread, on the same slide: the per-core reference, and whether its table equals the distributed one.
+
+For each step: wall time, cells/s per worker (cells / summed task seconds of that worker, and cells / wall /
+workers), cells per CPU second per worker (free of the other jobs on a shared machine) and peak RSS per worker (``ru_maxrss`` of the worker processes, from the tasks and from
+``client.run``); the driver's peak RSS too. The workers are started and warmed up (imports, numba kernels) before
+the clock starts, as on a long-lived cluster; the start-up is reported apart.
+
+Run: ``python benchmarks/bench_scale.py [--cells 10000,50000] [--workers 2] [--size 64] [--tile-size 2048]
+[--dir /tmp/stmorph_scale] [--json out.json] [--keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("STMORPH_PROGRESS", "0")
+
+
+def make_slide(folder: Path, n_cells: int, *, base_cells: int = 2000, seed: int = 0) -> Path:
+    """Write a sample of ``n_cells`` cells by replicating ``synthetic_tissue(base_cells)`` on a grid, out of core.
+
+    Parameters
+    ----------
+    folder
+        Where the images and the sample folder (``sample.stmorph``) go.
+    n_cells
+        Cells of the slide (the last copy is cut short).
+    base_cells
+        Cells of the replicated tissue.
+    seed
+        Seed of the tissue.
+
+    Returns
+    -------
+    pathlib.Path
+        The sample folder.
+
+    Examples
+    --------
+    >>> make_slide(Path("/tmp/slide"), 10_000)  # doctest: +SKIP
+    PosixPath('/tmp/slide/sample.stmorph')
+    """
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+    import tifffile
+
+    from stmorph import LabelImage, SpatialSample, StainImage
+    from stmorph.datasets import synthetic_tissue
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = synthetic_tissue(n_cells=base_cells, random_state=seed)
+    h, w = base.images["DAPI"].shape
+    copies = math.ceil(n_cells / base_cells)
+    cols = math.ceil(math.sqrt(copies))
+    rows = math.ceil(copies / cols)
+    shape = (rows * h, cols * w)
+    seg = np.asarray(base.segmentation.read()).astype(np.uint32)
+    step = int(seg.max()) + 1
+    maps = {name: tifffile.memmap(folder / f"{name}.tif", shape=shape, dtype=img.read().dtype)
+            for name, img in base.images.items()}
+    maps["segmentation"] = tifffile.memmap(folder / "segmentation.tif", shape=shape, dtype=np.uint32)
+    parts = []
+    X = sp.csr_matrix(base.adata.X)
+    for k in range(copies):
+        r, c = divmod(k, cols)
+        blk = (slice(r * h, (r + 1) * h), slice(c * w, (c + 1) * w))
+        for name, img in base.images.items():
+            maps[name][blk] = img.read()
+        maps["segmentation"][blk] = np.where(seg > 0, seg + k * step, 0)
+        n_k = min(base_cells, n_cells - k * base_cells)
+        a = ad.AnnData(X[:n_k], obs=base.adata.obs.iloc[:n_k].copy(), var=base.adata.var)
+        a.obs_names = [f"{k}_{i}" for i in base.adata.obs_names[:n_k]]
+        a.obsm["spatial"] = base.centroids[:n_k] + np.array([c * w, r * h], dtype=np.float64)
+        a.obs["label_id"] = a.obs["label_id"].to_numpy().astype(np.int64) + k * step
+        parts.append(a)
+    for m in maps.values():
+        m.flush()
+    del maps
+    adata = ad.concat(parts, merge="same")
+    adata.obs["cell_type"] = pd.Categorical(adata.obs["cell_type"].astype(str))
+    sample = SpatialSample(adata, None, {n: StainImage(folder / f"{n}.tif") for n in base.images},
+                           base.pixel_size, f"scale_{n_cells}", {"generator": "bench_scale.make_slide"},
+                           LabelImage(folder / "segmentation.tif"))
+    return sample.write(folder / "sample.stmorph", overwrite=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ``ru_maxrss`` would include a spawning parent's peak)."""
+    from stmorph.distributed._engine import _memory
+
+    return _memory()["peak_rss"] / 2**20
+
+
+def _warm(size: int) -> int:
+    """Import and compile what the tasks use (numba kernels of the fast engine), once per worker."""
+    from stmorph.features import measure_crops
+
+    rng = np.random.default_rng(0)
+    crops = rng.random((4, 2, size, size)).astype(np.float32)
+    masks = np.zeros((4, size, size), bool)
+    masks[:, 8:-8, 8:-8] = True
+    measure_crops(crops, ["a", "b"], masks, modules=["intensity", "texture"], otsu_channels=["a"])
+    return os.getpid()
+
+
+def _per_worker(run_info: dict) -> dict:
+    return {pid: {"cells": v["cells"], "cells_per_s": v["cells_per_s"], "cells_per_cpu_s": v["cells_per_cpu_s"],
+                  "peak_rss_mb": v["peak_rss_mb"],
+                  "max_anon_rss_mb": v["max_anon_rss_mb"]}
+            for pid, v in run_info.get("workers", {}).items()}
+
+
+def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, serial_max: int = 10_000) -> dict:
+    from distributed import Client, LocalCluster
+
+    import stmorph.distributed as sd
+
+    res: dict = {"n_cells": n_cells, "workers": workers, "crop_size": size, "tile_size": tile_size}
+    t = time.perf_counter()
+    folder = root / f"slide_{n_cells}" / "sample.stmorph"
+    # in its own process, so that the driver's memory below is the pipeline's alone
+    subprocess.run([sys.executable, __file__, "--generate", str(folder.parent), str(n_cells)], check=True)
+    res["generate_s"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    client = Client(cluster)
+    client.run(_warm, size)
+    res["cluster_start_and_warmup_s"] = round(time.perf_counter() - t, 2)
+    try:
+        t = time.perf_counter()
+        src = sd.SampleSource.from_folder(folder)
+        res["read_s"] = round(time.perf_counter() - t, 3)
+        res["image_shape"] = list(src.image_shape)
+        plan = sd.plan_tiles(src.centroids, tile_size, crop_size=size, image_shape=src.image_shape)
+        res["n_tiles"] = int(len(plan))
+
+        t = time.perf_counter()
+        store = sd.write_crops(folder, root / f"crops_{n_cells}", size=size, normalize="crop", tile_size=tile_size,
+                               client=client, show_progress=False)
+        wall = time.perf_counter() - t
+        info = store.meta["summary"]
+        res["crops"] = {"wall_s": round(wall, 2), "cells_per_s_per_worker_wall": round(n_cells / wall / workers, 1),
+                        "workers": _per_worker(info)}
+
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = sd.cellprofiler_features(folder, out_dir=root / f"cp_{n_cells}", size=size, masks=True,
+                                          modules=["intensity", "texture"], tile_size=tile_size, client=client,
+                                          show_progress=False)
+        wall = time.perf_counter() - t
+        d = df.attrs["info"]["distributed"]
+        res["cp"] = {"wall_s": round(wall, 2), "cells_per_s_per_worker_wall": round(n_cells / wall / workers, 1),
+                     "n_features_measured": df.attrs["info"]["n_features_measured"],
+                     "n_features_kept": int(df.shape[1]), "workers": _per_worker(d)}
+        from stmorph.distributed._engine import _process_memory
+
+        mem = client.run(_process_memory)
+        res["worker_memory_mb"] = {k: {m: round(v[m], 1) for m in ("rss_mb", "peak_rss_mb", "anon_rss_mb")}
+                                   for k, v in mem.items()}
+
+        res["driver_peak_rss_before_eval_mb"] = round(_peak_rss_mb(), 1)
+        if n_cells <= serial_max:  # the serial function on the same slide, in one process: time and equality
+            from stmorph._threads import thread_limits
+            from stmorph.features import cellprofiler_features
+            from stmorph.sample import SpatialSample
+
+            sample = SpatialSample.read(folder)
+            t, c = time.perf_counter(), time.process_time()
+            with warnings.catch_warnings(), thread_limits(1):  # one thread: the per-core reference of a worker
+                warnings.simplefilter("ignore")
+                cellprofiler_features(sample, size=size, masks=True, modules=["intensity", "texture"])
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            key = f"X_cp_{size}"
+            res["cp_serial"] = {"threads": 1, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                                "cells_per_s": round(n_cells / wall, 1),
+                                "equal_to_distributed": bool(np.array_equal(sample.adata.obsm[key], df.to_numpy())
+                                                             and sample.adata.uns[f"{key}_features"] == list(df.columns))}
+            del sample
+
+        t = time.perf_counter()
+        try:
+            from stmorph.eval import EvalConfig, evaluate_spaces
+
+            labels = src.obs["cell_type"].astype(str)
+            labels.index = df.index
+            cfg = EvalConfig(run_permanova=False, run_permdisp=False, run_clustering=False, n_trees=100,
+                             rf_n_jobs=workers)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ev = evaluate_spaces({"CP": df.to_numpy()}, labels.to_numpy(), config=cfg, show_progress=False)
+            acc = ev.summary["feature_spaces"]["CP"]["classification"]["balanced_accuracy"]
+            res["eval"] = {"wall_s": round(time.perf_counter() - t, 2), "balanced_accuracy": round(float(acc), 3)}
+        except Exception as exc:  # the evaluation API is being reworked elsewhere: report, do not fail the run
+            res["eval"] = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        client.close()
+        cluster.close()
+    res["driver_peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", default="10000,50000", help="comma-separated slide sizes")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels")
+    p.add_argument("--tile-size", type=int, default=2048)
+    p.add_argument("--dir", default=None, help="working folder (default: a temporary one)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--keep", action="store_true", help="keep the slides and outputs")
+    p.add_argument("--serial-max", type=int, default=10_000,
+                   help="also run the serial cellprofiler_features (time, equality) up to this many cells")
+    p.add_argument("--generate", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.generate:
+        make_slide(Path(a.generate[0]), int(a.generate[1]))
+        return 0
+    root = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="stmorph_scale_"))
+    root.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for n in [int(v) for v in a.cells.split(",") if v.strip()]:
+            r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max)
+            results.append(r)
+            print(json.dumps(r, indent=1), flush=True)
+            print(f"== {n} cells on {a.workers} workers: crops {r['crops']['wall_s']} s "
+                  f"({r['crops']['cells_per_s_per_worker_wall']} cells/s/worker), CellProfiler {r['cp']['wall_s']} s "
+                  f"({r['cp']['cells_per_s_per_worker_wall']} cells/s/worker), peak RSS per worker "
+                  f"{max(v['peak_rss_mb'] for v in r['worker_memory_mb'].values()):.0f} MB (anonymous now "
+                  f"{max(v['anon_rss_mb'] for v in r['worker_memory_mb'].values()):.0f} MB), driver "
+                  f"{r['driver_peak_rss_mb']:.0f} MB",
+                  flush=True)
+    finally:
+        if not a.keep and not a.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
