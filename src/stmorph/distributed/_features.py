@@ -189,8 +189,7 @@ def cellprofiler_features(
     (120, 90)
     """
     from ..features import DEFAULT_MODULES
-    from ..features._cellprofiler import _check_engine, _check_modules, _merged_params
-    from ..features._selection import select_features
+    from ..features._cellprofiler import _check_engine, _check_modules, _merged_params, finalize_features
 
     t0 = time.perf_counter()
     mods = list(_check_modules(DEFAULT_MODULES if modules is None else modules))
@@ -255,52 +254,22 @@ def cellprofiler_features(
         df.index = pd.Index(src.cell_ids, name="cell_id")
         n = src.n_cells
         n_empty_masks = int(run.records["empty_masks"].sum()) if "empty_masks" in run.records else 0
-        if resolved is not None and n_empty_masks == n:
-            raise StmorphInputError(
-                f"none of the {n} cells has a pixel of its own label in the masks", column="label_id",
-                expected="each cell's label value in the masks (obs['label_id'] or mask_ids=)",
-            )
-        if resolved is not None and n_empty_masks:
+        if resolved is not None and 0 < n_empty_masks < n:
             warnings.warn(f"{n_empty_masks} of {n} cells have an empty mask in their crop; their features are "
                           "undefined", RuntimeWarning, stacklevel=2)
-        if df.shape[1] == 0 or df.isna().all(axis=None):
-            raise StmorphInputError(
-                f"no CellProfiler feature could be measured (modules {mods}, channels {chans})",
-                expected="modules and channels that yield features",
-            )
-        n_measured = df.shape[1]
-        empty_cells = int(df.isna().all(axis=1).sum())
-        report = None
-        if select:
-            df, report = select_features(df, **(selection or {}))
-        if df.shape[1] == 0:
-            raise StmorphInputError(
-                f"feature selection dropped all {n_measured} features", expected="select=False, or more cells/modules"
-            )
-        nan_counts = {c: int(v) for c, v in df.isna().sum().items() if v}
-        if fill_nan == "median" and nan_counts:
-            med = df.median(axis=0, skipna=True)
-            df = df.fillna(med).fillna(0.0) if med.isna().any() else df.fillna(med)
-            warnings.warn(
-                f"{sum(nan_counts.values())} undefined CellProfiler values in {len(nan_counts)} features were "
-                f"replaced by the feature median (counts in uns['{key}']['nan_filled'])", RuntimeWarning, stacklevel=2,
-            )
+        df, summary = finalize_features(
+            df, masks=resolved is not None, n_empty_masks=n_empty_masks, modules=mods, channels=chans, select=select,
+            selection=selection, fill_nan=fill_nan, key=key,
+        )
         info: dict[str, Any] = {
             "method": "cellprofiler (cp-measure)", "engine": engine, "size": int(size), "channels": chans,
             "otsu_channels": otsu, "modules": mods,
             "params": {k: v for k, v in _merged_params(params).items() if k in mods},
-            "object": "mask" if resolved is not None else "grid", "empty_masks": n_empty_masks,
-            "intensity_scale": {c: s for c, s in zip(chans, scales)}, "edge": edge,
-            "n_features_measured": int(n_measured), "n_features_kept": int(df.shape[1]),
-            "cells_with_empty_mask": empty_cells, "nan_counts": nan_counts,
-            "nan_filled": nan_counts if fill_nan == "median" else {},
+            "intensity_scale": {c: s for c, s in zip(chans, scales)}, "edge": edge, **summary,
             "seconds": round(time.perf_counter() - t0, 3), "seconds_measure": round(t_measure, 3),
             "distributed": {**run.summary(), "tile_size": int(tile_size),
                             "out_dir": "" if temporary else str(out)},
         }
-        if report is not None:
-            info["dropped"] = {"feature": report["feature"].tolist(), "reason": report["reason"].tolist(),
-                               "detail": report["detail"].tolist()}
         result = pd.DataFrame(df.to_numpy(dtype=np.float32), index=df.index, columns=list(df.columns))
         result.attrs["info"] = info
         if src.sample is not None:

@@ -632,6 +632,96 @@ def _channel_scale(img: np.ndarray, intensity_scale: str | float) -> float:
     raise StmorphInputError(f"intensity_scale={intensity_scale!r}", expected="'image', 'dtype' or a number")
 
 
+def finalize_features(
+    df: pd.DataFrame,
+    *,
+    masks: bool,
+    n_empty_masks: int,
+    modules: Sequence[str],
+    channels: Sequence[str],
+    select: bool,
+    selection: dict[str, Any] | None,
+    fill_nan: str | None,
+    key: str,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Checks, feature selection and NaN handling of a raw cells x features table (serial and distributed runs).
+
+    Parameters
+    ----------
+    df
+        Raw measurements, cells in order.
+    masks, n_empty_masks
+        Whether cell masks were used, and how many cells had an empty one (all empty is an error).
+    modules, channels
+        What was measured (for messages).
+    select, selection
+        Run :func:`~stmorph.features.select_features` with these arguments.
+    fill_nan
+        ``"median"``: NaN left after selection becomes the feature median (counted, warned); ``None``: kept.
+    key
+        The ``obsm`` key (for messages).
+
+    Returns
+    -------
+    ``(table, summary)``: the final table and the facts for ``uns[key]`` (object, counts, NaN, dropped features).
+
+    Raises
+    ------
+    StmorphInputError
+        When no cell has a pixel of its mask, nothing could be measured, or selection dropped every feature.
+    """
+    from ._selection import select_features
+
+    if fill_nan not in ("median", None):
+        raise StmorphInputError(f"fill_nan={fill_nan!r}", expected="'median' or None")
+    n = df.shape[0]
+    if masks and n and n_empty_masks == n:
+        raise StmorphInputError(
+            f"none of the {n} cells has a pixel of its own label in the masks", column="label_id",
+            expected="each cell's label value in the masks (obs['label_id'] or mask_ids=)",
+        )
+    if df.shape[1] == 0 or df.isna().all(axis=None):
+        raise StmorphInputError(
+            f"no CellProfiler feature could be measured (modules {list(modules)}, channels {list(channels)})",
+            expected="modules and channels that yield features",
+        )
+    n_measured = df.shape[1]
+    empty_cells = int(df.isna().all(axis=1).sum())
+    report = None
+    if select:
+        df, report = select_features(df, **(selection or {}))
+    if df.shape[1] == 0:
+        raise StmorphInputError(
+            f"feature selection dropped all {n_measured} features", expected="select=False, or more cells/modules"
+        )
+    nan_counts = {c: int(v) for c, v in df.isna().sum().items() if v}
+    if fill_nan == "median" and nan_counts:
+        med = df.median(axis=0, skipna=True)
+        df = df.fillna(med).fillna(0.0) if med.isna().any() else df.fillna(med)
+        warnings.warn(
+            f"{sum(nan_counts.values())} undefined CellProfiler values in {len(nan_counts)} features were replaced "
+            f"by the feature median (counts in uns['{key}']['nan_filled'])",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    summary: dict[str, Any] = {
+        "object": "mask" if masks else "grid",
+        "empty_masks": int(n_empty_masks),
+        "n_features_measured": int(n_measured),
+        "n_features_kept": int(df.shape[1]),
+        "cells_with_empty_mask": empty_cells,
+        "nan_counts": nan_counts,
+        "nan_filled": nan_counts if fill_nan == "median" else {},
+    }
+    if report is not None:
+        summary["dropped"] = {
+            "feature": report["feature"].tolist(),
+            "reason": report["reason"].tolist(),
+            "detail": report["detail"].tolist(),
+        }
+    return df, summary
+
+
 def cellprofiler_features(
     sample,
     *,
@@ -721,9 +811,10 @@ def cellprofiler_features(
     >>> cellprofiler_features(sample, size=64)  # doctest: +SKIP
     >>> sample.adata.obsm["X_cp_64"].shape  # doctest: +SKIP
     """
-    from ._selection import select_features
 
     t0 = time.perf_counter()
+    if fill_nan not in ("median", None):
+        raise StmorphInputError(f"fill_nan={fill_nan!r}", expected="'median' or None")
     if copy:
         sample = sample.copy()
     chans = list(sample.channel_names if channels is None else channels)
@@ -765,38 +856,11 @@ def cellprofiler_features(
             )
         )
     df = pd.concat(frames, axis=0)
-    if resolved is not None and n_empty_masks == n:
-        raise StmorphInputError(
-            f"none of the {n} cells has a pixel of its own label in the masks", column="label_id",
-            expected="each cell's label value in the masks (obs['label_id'] or mask_ids=)",
-        )
-    if df.shape[1] == 0 or df.isna().all(axis=None):
-        raise StmorphInputError(
-            f"no CellProfiler feature could be measured (modules {list(modules)}, channels {chans})",
-            expected="modules and channels that yield features",
-        )
     t_measure = time.perf_counter() - t0
-    n_measured = df.shape[1]
-    empty_cells = int(df.isna().all(axis=1).sum())
-    report = None
-    if select:
-        df, report = select_features(df, **(selection or {}))
-    if df.shape[1] == 0:
-        raise StmorphInputError(
-            f"feature selection dropped all {n_measured} features", expected="select=False, or more cells/modules"
-        )
-    nan_counts = {c: int(v) for c, v in df.isna().sum().items() if v}
-    if fill_nan == "median" and nan_counts:
-        med = df.median(axis=0, skipna=True)
-        df = df.fillna(med).fillna(0.0) if med.isna().any() else df.fillna(med)
-        warnings.warn(
-            f"{sum(nan_counts.values())} undefined CellProfiler values in {len(nan_counts)} features were replaced "
-            f"by the feature median (counts in uns['{key}']['nan_filled'])",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    elif fill_nan not in ("median", None):
-        raise StmorphInputError(f"fill_nan={fill_nan!r}", expected="'median' or None")
+    df, summary = finalize_features(
+        df, masks=resolved is not None, n_empty_masks=n_empty_masks, modules=modules, channels=chans, select=select,
+        selection=selection, fill_nan=fill_nan, key=key,
+    )
     adata = sample.adata
     adata.obsm[key] = df.to_numpy(dtype=np.float32)
     adata.uns[f"{key}_features"] = list(df.columns)
@@ -808,23 +872,11 @@ def cellprofiler_features(
         "otsu_channels": otsu,
         "modules": list(modules),
         "params": {k: v for k, v in _merged_params(params).items() if k in modules},
-        "object": "mask" if resolved is not None else "grid",
-        "empty_masks": int(n_empty_masks),
         "intensity_scale": {c: s for c, s in zip(chans, scales)},
         "edge": edge,
-        "n_features_measured": int(n_measured),
-        "n_features_kept": int(df.shape[1]),
-        "cells_with_empty_mask": empty_cells,
-        "nan_counts": nan_counts,
-        "nan_filled": nan_counts if fill_nan == "median" else {},
+        **summary,
         "seconds": round(time.perf_counter() - t0, 3),
         "seconds_measure": round(t_measure, 3),
     }
-    if report is not None:
-        info["dropped"] = {
-            "feature": report["feature"].tolist(),
-            "reason": report["reason"].tolist(),
-            "detail": report["detail"].tolist(),
-        }
     adata.uns[key] = info
     return sample if copy else None
