@@ -137,32 +137,20 @@ def thread_limits(n: int | None = None) -> Iterator[int]:
     ...     n
     1
     """
+    import numba
+    import torch
     from threadpoolctl import threadpool_limits
 
     n = resolve_threads(n)
-    restore = []
-    try:
-        import torch
-
-        old_t = torch.get_num_threads()
-        torch.set_num_threads(n)
-        restore.append(lambda: torch.set_num_threads(old_t))
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    try:
-        import numba
-
-        old_n = numba.get_num_threads()
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        restore.append(lambda: numba.set_num_threads(old_n))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
+    old_t, old_n = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
         with threadpool_limits(limits=n):
             yield n
     finally:
-        for undo in reversed(restore):
-            undo()
+        torch.set_num_threads(old_t)
+        numba.set_num_threads(old_n)
 
 
 def _passive_openmp() -> None:
