@@ -138,8 +138,9 @@ def test_train_vae_writes_obsm_and_uns(tissue):
     from stmorph.tl import train_vae
 
     cells = tissue.cell_ids[:30]
-    adata = train_vae(tissue, _cfg("ls1_cpu", epochs=1), cells=cells, key_added="X_ls1", latent="sample",
-                      device="cpu", copy=True)
+    out = train_vae(tissue, _cfg("ls1_cpu", epochs=1), cells=cells, key_added="X_ls1", latent="sample",
+                    device="cpu", copy=True)
+    adata = out.adata  # copy=True returns the type passed in: a SpatialSample
     assert "X_ls1" not in tissue.adata.obsm
     z = adata.obsm["X_ls1"]
     assert z.shape == (tissue.n_cells, 4)

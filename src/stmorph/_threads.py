@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["available_cpus", "settings", "Settings", "thread_limits", "resolve_threads"]
+__all__ = ["available_cpus", "settings", "Settings", "thread_limits", "resolve_threads", "resolve_n_jobs"]
 
 
 def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -123,6 +123,41 @@ def resolve_threads(n: int | None) -> int:
     3
     """
     return int(n) if n is not None and int(n) > 0 else settings.threads()
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """The worker count an ``n_jobs`` argument means, the same for every stmorph function.
+
+    ``n_jobs`` counts the worker processes or threads a function runs at once (its own pool, or torch's threads
+    for the neural networks): a positive number is taken as is; ``None`` and ``-1`` mean
+    :meth:`stmorph.settings.workers() <Settings.workers>` (the CPUs this process may use unless set otherwise);
+    ``-2``, ``-3``, ... leave 1, 2, ... of those out (joblib's convention).
+
+    Parameters
+    ----------
+    n_jobs
+        The argument.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> resolve_n_jobs(3)
+    3
+    >>> resolve_n_jobs(None) == resolve_n_jobs(-1) == settings.workers()
+    True
+    """
+    if n_jobs is None or int(n_jobs) == -1:
+        return settings.workers()
+    n = int(n_jobs)
+    if n == 0:
+        from .errors import StmorphInputError
+
+        raise StmorphInputError("n_jobs=0", expected="a positive number of workers, or None / -1 for stmorph's setting")
+    return n if n > 0 else max(1, settings.workers() + 1 + n)
 
 
 @contextlib.contextmanager

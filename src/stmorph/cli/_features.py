@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
         intensity_scale: str = typer.Option("image", help="Scale channels to [0, 1] by the 'image' maximum or the 'dtype' maximum."),
         select: bool = typer.Option(True, help="pycytominer-style feature selection (variance, NA, correlation 0.9, blocklist)."),
         fill_nan: bool = typer.Option(True, help="Replace NaN left after selection by the feature median (counted in uns)."),
-        n_jobs: int = typer.Option(1, help="Parallel worker processes (-1 = all cores)."),
+        n_jobs: int = typer.Option(
+            1, help="Parallel worker processes (-1 = stmorph's worker setting: the CPUs this process may use)."
+        ),
         key: str = typer.Option(None, help="obsm key (default X_cp_<size>)."),
         h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
         workers: int = typer.Option(
@@ -146,13 +148,16 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, help="Crops per forward pass."),
         device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda'."),
         key: str = typer.Option("X_cnn", help="obsm key."),
-        seed: int = typer.Option(0, help="Random seed (PCA solver)."),
+        random_state: int = typer.Option(0, "--random-state", help="Random seed (PCA solver, random initialisation)."),
+        seed: int = typer.Option(None, "--seed", hidden=True, help="Deprecated alias of --random-state."),
         h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
     ) -> None:
         """Pretrained-CNN features of every channel's crop, concatenated and PCA-reduced (MUSE)."""
         from ..features import cnn_features
         from ..sample import SpatialSample
+        from ._output import random_state_option
 
+        random_state = random_state_option(random_state, seed)
         if weights is None and not model.endswith((".pt", ".pth", ".ts", ".jit")):
             typer.secho("warning: no --weights: the network is randomly initialised", fg=typer.colors.YELLOW, err=True)
         sample = SpatialSample.read(sample_dir)
@@ -169,6 +174,6 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             device=device,
             key_added=key,
-            random_state=seed,
+            random_state=random_state,
         )
         write_obsm(sample.adata, key, out, h5ad=h5ad)

@@ -93,23 +93,34 @@ def register(app: typer.Typer) -> None:
             help="Triplet-loss weight per modality: none (the reference), gate (drop a modality whose initial "
             "pseudo-labels have silhouette <= 0; helps when one modality is mostly dropout) or silhouette.",
         ),
-        seed: int = typer.Option(0, "--seed", help="Random seed (weights, batches, PCA, clustering)."),
+        random_state: int = typer.Option(
+            0, "--random-state", help="Random seed (weights, batches, PCA, clustering)."
+        ),
+        seed: int | None = typer.Option(None, "--seed", hidden=True, help="Deprecated alias of --random-state."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (1 is best on busy machines)."),
+        threads: int | None = typer.Option(
+            None, "--threads", "--n-jobs",
+            help="CPU threads for training (n_jobs; default: stmorph's setting; 1 is best on busy machines).",
+        ),
         key_added: str = typer.Option("X_muse", "--key-added", help="obsm key of the joint latent."),
         cluster_key: str = typer.Option("muse_clusters", "--cluster-key", help="obs key of the clusters."),
-        model_out: Path | None = typer.Option(None, "--model-out", help="Also save the trained model (torch file)."),
+        model_out: Path | None = typer.Option(
+            None, "--model-out", help="Also save the trained model to this folder (weights, configuration and the "
+            "modalities' feature names)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     ) -> None:
         """Integrate modalities with MUSE (an .h5mu file, or counts/feature tables given with --modality); writes
-        obsm[X_muse], obs[muse_clusters], uns[muse]."""
+        obsm[X_muse], obs[muse_clusters], uns[X_muse]."""
         import warnings
 
         import mudata as md
 
         from ..errors import StmorphInputError
         from ..tl import muse
+        from ._output import random_state_option
 
+        random_state = random_state_option(random_state, seed)
         if (h5mu is None) == (not modality):
             raise StmorphInputError("give either an .h5mu file or --modality NAME=PATH (at least twice), not both",
                                     expected="stmorph muse data.h5mu, or stmorph muse --modality rna=counts.csv "
@@ -147,9 +158,9 @@ def register(app: typer.Typer) -> None:
             resolution=resolution,
             label_max_cells=label_max_cells or None,
             label_weighting=label_weighting,
-            random_state=seed,
+            random_state=random_state,
             device=device,
-            n_threads=threads,
+            n_jobs=threads,
             key_added=key_added,
             cluster_key=cluster_key,
             save_model=None if model_out is None else str(model_out),
@@ -158,7 +169,7 @@ def register(app: typer.Typer) -> None:
 
         with atomic_path(out_path, suffix=".h5mu") as tmp:
             mdata.write_h5mu(tmp)
-        t = mdata.uns["muse"]["timings_s"]
+        t = mdata.uns[key_added]["timings_s"]
         typer.echo(
             f"MUSE: {mdata.n_obs} cells, {mdata.obs[cluster_key].nunique()} clusters, "
             f"{sum(t.values()):.1f} s -> {out_path}"

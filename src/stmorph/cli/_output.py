@@ -15,6 +15,32 @@ def is_table(path: Path) -> bool:
     return path.name.lower().endswith(TABLE_SUFFIXES)
 
 
+def random_state_option(random_state: int, seed: int | None) -> int:
+    """The ``--random-state`` value, or that of the hidden, deprecated ``--seed`` alias when only it is given.
+
+    Parameters
+    ----------
+    random_state
+        ``--random-state`` (default 0).
+    seed
+        ``--seed`` (``None`` when not given).
+
+    Returns
+    -------
+    int
+        The seed to use.
+    """
+    if seed is None:
+        return int(random_state)
+    if random_state not in (0, seed):
+        from ..errors import StmorphInputError
+
+        raise StmorphInputError(f"--random-state {random_state} and --seed {seed}",
+                                expected="--random-state alone (--seed is its deprecated alias)")
+    typer.secho("warning: --seed is deprecated, use --random-state", fg=typer.colors.YELLOW, err=True)
+    return int(seed)
+
+
 def write_obsm(adata: ad.AnnData, key: str, out: Path, *, h5ad: Path | None = None) -> None:
     """Write ``adata.obsm[key]`` as a table (first column ``cell_id``, feature names from
     ``uns[key + "_features"]``) to ``out``; with ``h5ad`` also the whole AnnData. Both are written atomically.

@@ -39,7 +39,10 @@ def register(app: typer.Typer) -> None:
         ),
         key_added: str | None = typer.Option(None, "--key-added", help="obsm key of the latent (default: X_<preset>)."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-        seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, rotations, noise)."),
+        random_state: int = typer.Option(
+            0, "--random-state", help="Random seed (weights, shuffling, rotations, noise)."
+        ),
+        seed: int | None = typer.Option(None, "--seed", hidden=True, help="Deprecated alias of --random-state."),
         checkpoint_dir: Path | None = typer.Option(
             None, "--checkpoint-dir", help="Checkpoint every epoch here; a killed run resumes from it."
         ),
@@ -66,7 +69,9 @@ def register(app: typer.Typer) -> None:
         from ..errors import StmorphInputError
         from ..models.vae import get_preset
         from ..tl import train_vae
+        from ._output import random_state_option
 
+        random_state = random_state_option(random_state, seed)
         if out.exists() and not overwrite:
             raise StmorphInputError("the output exists; pass --overwrite", file=out, expected="a new path")
         kwargs = {k: v for k, v in (("pixel_size", pixel_size), ("origin", origin)) if v is not None}
@@ -82,24 +87,24 @@ def register(app: typer.Typer) -> None:
         distributed = (workers is not None and workers > 1) or bool(scheduler)
         t0 = time.perf_counter()
         model = train_vae(
-            sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=seed,
+            sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=random_state,
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
             crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,
             embed=not distributed, return_model=distributed,
         )
         obsm_key = key_added or f"X_{get_preset(preset).name}"
-        key = obsm_key[2:] if obsm_key.startswith("X_") else obsm_key
         if distributed:
             import numpy as np
 
             from ..distributed import vae_latents
 
             z = vae_latents(sample, model, out_dir=out.with_name(out.name + ".tiles"), latent=latent,  # type: ignore[arg-type]
-                            device=device, random_state=seed, n_workers=workers, scheduler=scheduler,
+                            device=device, random_state=random_state, n_workers=workers, scheduler=scheduler,
                             overwrite=True)
             sample.adata.obsm[obsm_key] = z
-            sample.adata.uns[key]["n_cells_embedded"] = int(np.isfinite(z).all(axis=1).sum())
-            sample.adata.uns[key]["distributed"] = True
+            info = sample.adata.uns[obsm_key]  # the same dict as the deprecated uns key without "X_"
+            info["n_cells_embedded"] = int(np.isfinite(z).all(axis=1).sum())
+            info["distributed"] = True
         from ._output import is_table, write_obsm
 
         if is_table(out):
@@ -111,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 sample.adata.write_h5ad(tmp)
         else:
             sample.write(out, overwrite=overwrite)
-        info = sample.adata.uns[key]
+        info = sample.adata.uns[obsm_key]
         typer.echo(
             f"{info['preset']}: {info['n_cells_embedded']} cells embedded in obsm['{obsm_key}'] "
             f"({info['epochs_trained']} epochs, final loss {info['loss_history'][-1]:.4f}, "

@@ -36,7 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._utils import default_num_threads, progress
+from .._threads import resolve_n_jobs
+from .._utils import progress
 from ..errors import StmorphInputError
 
 __all__ = [
@@ -429,7 +430,7 @@ def measure_crops(
     modules: Sequence[str] = DEFAULT_MODULES,
     otsu_channels: Sequence[str] = (),
     params: dict[str, dict[str, Any]] | None = None,
-    n_jobs: int = 1,
+    n_jobs: int | None = 1,
     backend: Literal["loky", "threading"] = "loky",
     chunk_size: int | None = None,
     accelerator: str | None = "auto",
@@ -456,7 +457,8 @@ def measure_crops(
     params
         Per-module overrides of :data:`DEFAULT_PARAMS`.
     n_jobs
-        Parallel workers (joblib); ``-1`` = all cores. ``1`` runs in this process.
+        Parallel workers (joblib); ``None`` / ``-1``: ``stmorph.settings.workers()`` (the CPUs this process may
+        use unless set; :func:`stmorph._threads.resolve_n_jobs`). ``1`` runs in this process.
     backend
         ``"loky"`` (processes) or ``"threading"``; see ``benchmarks/RESULTS.md`` for which is faster.
     chunk_size
@@ -520,7 +522,7 @@ def measure_crops(
     size = (64 if engine == "fast" else 16) if chunk_size is None else chunk_size
     parts = _chunks(n, max(1, int(size)))
     args = (channel_names, otsu_channels, mods, prm, acc, engine)
-    n_jobs = default_num_threads() if n_jobs in (-1, None) else max(1, int(n_jobs))
+    n_jobs = resolve_n_jobs(n_jobs)
     results: list[Any] = []
     bar = progress(range(n), desc=progress_desc, total=n, unit="cell")
     if n_jobs == 1 or len(parts) == 1:
@@ -739,7 +741,7 @@ def cellprofiler_features(
     selection: dict[str, Any] | None = None,
     fill_nan: Literal["median"] | None = "median",
     key_added: str | None = None,
-    n_jobs: int = 1,
+    n_jobs: int | None = 1,
     backend: Literal["loky", "threading"] = "loky",
     batch_size: int = 256,
     accelerator: str | None = "auto",

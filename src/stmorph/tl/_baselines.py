@@ -8,6 +8,10 @@
 * :func:`mofa` - MOFA+ through muon / mofapy2 (optional extra ``stmorph[mofa]``).
 
 Array-level versions (``*_arrays``) take one ``(n, p_m)`` matrix per modality and return the embedding.
+
+The MuData wrappers follow the scverse convention of every ``stmorph.tl`` function: the embedding in
+``mdata.obsm[key_added]``, its parameters in ``mdata.uns[key_added]`` (also kept, as before, under
+``mdata.uns["baselines"][key_added]``; deprecated), ``copy=True`` returns the modified MuData.
 """
 
 from __future__ import annotations
@@ -189,7 +193,8 @@ def _mods(mdata, modalities: Sequence[str] | None, *, min_n: int = 1) -> list[st
 
 def _finish(mdata, copy: bool, key: str, emb: np.ndarray, params: dict) -> Any:
     mdata.obsm[key] = emb
-    mdata.uns.setdefault("baselines", {})[key] = params
+    mdata.uns[key] = params
+    mdata.uns.setdefault("baselines", {})[key] = params  # the former key (deprecated), the same dict
     return mdata if copy else None
 
 
@@ -209,7 +214,7 @@ def pca_single(
     random_state
         Seed.
     key_added
-        ``obsm`` key.
+        ``obsm`` key of the embedding and ``uns`` key of its parameters.
     copy
         Work on a copy and return it.
 
@@ -230,7 +235,8 @@ def pca_single(
     (mod,) = _mods(mdata, [modality])
     key = key_added or f"X_pca_{mod}"
     emb = pca_arrays(mdata.mod[mod].X, n_comps, random_state=random_state)
-    return _finish(mdata, copy, key, emb, {"method": "pca", "modality": mod, "n_comps": int(emb.shape[1])})
+    params = {"method": "pca", "modality": mod, "n_comps": int(emb.shape[1]), "random_state": int(random_state)}
+    return _finish(mdata, copy, key, emb, params)
 
 
 def concat_pca(
@@ -258,7 +264,7 @@ def concat_pca(
     random_state
         Seed.
     key_added
-        ``obsm`` key.
+        ``obsm`` key of the embedding and ``uns`` key of its parameters.
     copy
         Work on a copy and return it.
 
@@ -279,7 +285,8 @@ def concat_pca(
     mods = _mods(mdata, modalities, min_n=2)
     key = key_added or f"X_concat_{scaling}"
     emb = concat_pca_arrays([mdata.mod[m].X for m in mods], scaling, n_comps, random_state=random_state)
-    params = {"method": "concat_pca", "modalities": mods, "scaling": scaling, "n_comps": int(emb.shape[1])}
+    params = {"method": "concat_pca", "modalities": mods, "scaling": scaling, "n_comps": int(emb.shape[1]),
+              "random_state": int(random_state)}
     return _finish(mdata, copy, key, emb, params)
 
 
@@ -308,7 +315,7 @@ def cca(
     random_state
         Seed.
     key_added
-        ``obsm`` key; canonical correlations go to ``uns["baselines"][key_added]["correlations"]``.
+        ``obsm`` and ``uns`` key; canonical correlations go to ``uns[key_added]["correlations"]``.
     copy
         Work on a copy and return it.
 
@@ -332,7 +339,8 @@ def cca(
     if len(mods) != 2:
         raise StmorphInputError(f"CCA got {len(mods)} modalities", expected="exactly 2")
     u, v, rho = cca_arrays(mdata.mod[mods[0]].X, mdata.mod[mods[1]].X, n_comps, n_pcs=n_pcs, random_state=random_state)
-    params = {"method": "cca", "modalities": mods, "n_comps": int(u.shape[1]), "correlations": rho.tolist()}
+    params = {"method": "cca", "modalities": mods, "n_comps": int(u.shape[1]), "correlations": rho.tolist(),
+              "random_state": int(random_state)}
     return _finish(mdata, copy, key_added, np.hstack([u, v]), params)
 
 
@@ -347,9 +355,10 @@ def multiview_ae(
     zero_inflated: Sequence[bool] | None = None,
     random_state: int = 0,
     device: str = "auto",
-    n_threads: int | None = None,
+    n_jobs: int | None = None,
     key_added: str = "X_mvae",
     copy: bool = False,
+    n_threads: int | None = None,
 ):
     """Plain multi-view autoencoder: MUSE's network and reconstruction/selection losses, no triplet loss.
 
@@ -371,12 +380,14 @@ def multiview_ae(
         Seed.
     device
         Torch device.
-    n_threads
-        Torch CPU threads during training.
+    n_jobs
+        Torch CPU threads during training; ``None`` / ``-1``: ``stmorph.settings.workers()``.
     key_added
-        ``obsm`` key.
+        ``obsm`` key of the embedding and ``uns`` key of its parameters.
     copy
         Work on a copy and return it.
+    n_threads
+        Deprecated alias of ``n_jobs``.
 
     Returns
     -------
@@ -391,7 +402,9 @@ def multiview_ae(
     (80, 8)
     """
     from ..models.muse import MUSE
+    from ..models.muse._model import _deprecated_n_threads
 
+    n_jobs = _deprecated_n_threads(n_jobs, n_threads, "stmorph.tl.multiview_ae")
     if copy:
         mdata = mdata.copy()
     mods = _mods(mdata, modalities, min_n=2)
@@ -412,10 +425,11 @@ def multiview_ae(
         n_epochs=0,
         lr=lr,
         batch_size=batch_size,
-        n_threads=n_threads,
+        n_jobs=n_jobs,
     )
     z, _ = model.transform(xs)
-    params = {"method": "multiview_ae", "modalities": mods, "latent_dim": int(latent_dim), "n_epochs": int(n_epochs)}
+    params = {"method": "multiview_ae", "modalities": mods, "latent_dim": int(latent_dim), "n_epochs": int(n_epochs),
+              "random_state": int(random_state)}
     return _finish(mdata, copy, key_added, z, params)
 
 
@@ -442,7 +456,7 @@ def mofa(
     random_state
         Seed of MOFA+.
     key_added
-        ``obsm`` key.
+        ``obsm`` key of the embedding and ``uns`` key of its parameters.
     copy
         Work on a copy and return it.
     **kwargs
@@ -485,5 +499,5 @@ def mofa(
             **kwargs,
         )
     emb = np.asarray(sub.obsm["X_mofa"], dtype=np.float32)
-    params = {"method": "mofa", "modalities": mods, "n_factors": int(emb.shape[1])}
+    params = {"method": "mofa", "modalities": mods, "n_factors": int(emb.shape[1]), "random_state": int(random_state)}
     return _finish(mdata, copy, key_added, emb, params)

@@ -49,9 +49,10 @@ def muse(
     key_added: str = "X_muse",
     cluster_key: str = "muse_clusters",
     device: str = "auto",
-    n_threads: int | None = None,
+    n_jobs: int | None = None,
     save_model: str | None = None,
     copy: bool = False,
+    n_threads: int | None = None,
 ):
     """MUSE joint representation and clusters of a multi-modal :class:`mudata.MuData`.
 
@@ -100,24 +101,29 @@ def muse(
     random_state
         Seed (weights, batches, PCA, clustering).
     key_added
-        ``mdata.obsm`` key of the joint latent; the hidden representation of modality ``m`` goes to
-        ``mdata.obsm[f"{key_added}_{m}"]``.
+        ``mdata.obsm`` key of the joint latent (and ``mdata.uns`` key of the parameters); the hidden
+        representation of modality ``m`` goes to ``mdata.obsm[f"{key_added}_{m}"]``.
     cluster_key
         ``mdata.obs`` key of the final clusters (categorical).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    n_threads
-        Torch CPU threads during training (None: leave torch's setting).
+    n_jobs
+        Torch CPU threads during training; ``None`` / ``-1``: ``stmorph.settings.workers()`` (the same meaning
+        of ``n_jobs`` as everywhere in stmorph, :func:`stmorph._threads.resolve_n_jobs`).
     save_model
-        Optional path to save the trained model (:meth:`stmorph.models.muse.MUSE.save`).
+        Optional folder to save the trained model in (:meth:`stmorph.models.muse.MUSE.save`), with the modalities'
+        feature names, so that applying it to other data checks them.
     copy
-        Return a modified copy instead of writing into ``mdata``.
+        Return a modified copy (a MuData) instead of writing into ``mdata``.
+    n_threads
+        Deprecated alias of ``n_jobs``.
 
     Returns
     -------
     None (``copy=False``) or the modified copy. Writes ``obsm[key_added]``, ``obsm[f"{key_added}_{m}"]``,
-    ``obs[cluster_key]`` and ``uns["muse"]`` (parameters, margin, timings, per-modality labels of the last
-    update in ``obs[f"{cluster_key}_{m}"]``).
+    ``obs[cluster_key]``, per-modality labels of the last update in ``obs[f"{cluster_key}_{m}"]``, and
+    ``uns[key_added]`` (parameters, margin, timings). The same dict is also kept under the former key
+    ``uns["muse"]`` (deprecated; read ``uns[key_added]``).
 
     Examples
     --------
@@ -130,7 +136,9 @@ def muse(
     import pandas as pd
 
     from ..models.muse import MUSE
+    from ..models.muse._model import _deprecated_n_threads
 
+    n_jobs = _deprecated_n_threads(n_jobs, n_threads, "stmorph.tl.muse")
     if copy:
         mdata = mdata.copy()
     if not hasattr(mdata, "mod"):
@@ -164,6 +172,7 @@ def muse(
         zi = [m in zero_inflated for m in mods]
     layers = layers or {}
     xs = [_modality_matrix(mdata.mod[m], layers.get(m), m) for m in mods]
+    names = [[str(v) for v in mdata.mod[m].var_names] for m in mods]
     labels0: list[np.ndarray | None] = []
     for m in mods:
         spec = (init_labels or {}).get(m)
@@ -201,12 +210,14 @@ def muse(
         cluster_method=cluster_method,
         n_pcs=n_pcs,
         label_max_cells=label_max_cells,
-        n_threads=n_threads,
+        n_jobs=n_jobs,
+        feature_names=names,
+        layers={m: v for m, v in layers.items() if m in mods},
     )
     import time
 
     t0 = time.perf_counter()
-    z, hs = model.transform(xs)
+    z, hs = model.transform(xs, feature_names=names)
     clusters = model.cluster(z)
     t_cl = time.perf_counter() - t0
 
@@ -218,7 +229,7 @@ def muse(
     for m, lab in zip(mods, info["last_labels"]):
         lab = np.asarray(lab)
         mdata.obs[f"{cluster_key}_{m}"] = pd.Categorical(lab.astype(str), categories=[str(c) for c in np.unique(lab)])
-    mdata.uns["muse"] = {
+    uns = {
         "params": {
             "modalities": mods,
             "zero_inflated": zi,
@@ -246,6 +257,9 @@ def muse(
             "final_clustering": float(t_cl),
         },
     }
+    mdata.uns[key_added] = uns
+    if key_added != "muse":
+        mdata.uns["muse"] = uns  # the former key (deprecated), the same dict
     if save_model is not None:
         model.save(save_model)
     return mdata if copy else None

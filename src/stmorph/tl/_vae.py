@@ -12,8 +12,6 @@ import numpy as np
 from ..errors import StmorphInputError
 
 if TYPE_CHECKING:
-    import anndata as ad
-
     from ..models.vae import CropVAE, VAEConfig
     from ..sample import SpatialSample
 
@@ -42,7 +40,7 @@ def train_vae(
     return_model: bool = False,
     embed: bool = True,
     **config_overrides: Any,
-) -> ad.AnnData | CropVAE | tuple[ad.AnnData, CropVAE] | None:
+) -> SpatialSample | CropVAE | tuple[SpatialSample, CropVAE] | None:
     """Train a cell-crop VAE (the study's LS1-LS5) and write one latent vector per cell to ``obsm``.
 
     Parameters
@@ -55,8 +53,8 @@ def train_vae(
         also reconstruct each crop's per-gene transcript totals (``count_weight=1``), without which the spot
         latent misses gene composition; pass ``count_weight=0`` for the study's loss alone.
     key_added
-        The ``obsm`` key of the latent (default ``"X_<preset>"``); the parameters go to ``uns`` under the same
-        name without its ``X_`` prefix.
+        The ``obsm`` key of the latent (default ``"X_<preset>"``); the parameters go to ``uns[key_added]`` (and,
+        as before, to ``uns`` under the name without its ``X_`` prefix: the same dict, deprecated).
     latent
         ``"mean"`` (posterior mean) or ``"sample"`` (one seeded draw per cell, what the study exported).
     channels
@@ -83,7 +81,8 @@ def train_vae(
     masks
         Zero stain pixels outside each cell's own mask in the sample's segmentation (``mask_stains=True``).
     copy
-        Return a modified copy of ``sample.adata`` instead of writing in place.
+        Return a modified copy of the sample (:meth:`stmorph.SpatialSample.copy`: a new ``adata``, the same
+        images and molecules) instead of writing in place.
     return_model
         Also return the trained :class:`~stmorph.models.vae.CropVAE`.
     embed
@@ -95,9 +94,9 @@ def train_vae(
 
     Returns
     -------
-    AnnData, CropVAE, a tuple of both, or None
-        ``None`` in place (default); the copy when ``copy=True``; with ``return_model`` the model is returned too
-        (alone in place, as ``(adata, model)`` with ``copy``).
+    SpatialSample, CropVAE, a tuple of both, or None
+        ``None`` in place (default); the copied sample when ``copy=True``; with ``return_model`` the model is
+        returned too (alone in place, as ``(sample, model)`` with ``copy``).
 
     Examples
     --------
@@ -159,12 +158,13 @@ def train_vae(
     if model_dir is not None:
         model.save(model_dir)
 
-    adata = sample.adata.copy() if copy else sample.adata
+    target = sample.copy() if copy else sample
+    adata = target.adata
     if embed:
         full = np.full((adata.n_obs, cfg.latent_dim), np.nan, dtype=np.float32)
         full[np.asarray(ds.cell_positions)] = z
         adata.obsm[obsm_key] = full
-    adata.uns[key] = {
+    info = {
         "method": "cell-crop VAE (Moser, Hamid, Cimini 2025)",
         "preset": cfg.name,
         "latent": latent,
@@ -179,6 +179,9 @@ def train_vae(
         "train_seconds": float(t_train),
         "model_dir": "" if model_dir is None else str(model_dir),
     }
+    adata.uns[obsm_key] = info
+    if key != obsm_key:
+        adata.uns[key] = info  # the former key without "X_" (deprecated), the same dict
     if copy:
-        return (adata, model) if return_model else adata
+        return (target, model) if return_model else target
     return model if return_model else None

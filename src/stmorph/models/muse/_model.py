@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..._cluster import phenograph_leiden
+from ..._threads import resolve_n_jobs
 from ..._utils import resolve_device, seed_torch
 from ...errors import StmorphInputError
+from .._base import BaseModel, check_names, to_jsonable
 from ._module import MuseModule
 from ._train import PRESETS, MuseSchedule, encode_all, train_muse
 
@@ -98,6 +102,17 @@ def initial_labels(
                              max_cells=max_cells)
 
 
+def _deprecated_n_threads(n_jobs: int | None, n_threads: int | None, where: str) -> int | None:
+    """``n_jobs``, or the deprecated ``n_threads`` when only that one is given (with a FutureWarning)."""
+    if n_threads is None:
+        return n_jobs
+    warnings.warn(f"{where}: n_threads is deprecated, use n_jobs (the same meaning as everywhere in stmorph)",
+                  FutureWarning, stacklevel=3)
+    if n_jobs is not None and resolve_n_jobs(n_jobs) != resolve_n_jobs(n_threads):
+        raise StmorphInputError(f"n_jobs={n_jobs} and n_threads={n_threads}", expected="n_jobs alone")
+    return n_threads
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Limit torch and BLAS/OpenMP threads (numpy, scikit-learn) to ``n`` inside the block (None: no change)."""
@@ -152,8 +167,27 @@ def _check_arrays(xs: Sequence[Any], zero_inflated: Sequence[bool], names: Seque
     return out
 
 
-class MUSE:
+def _split_input(item: Any) -> tuple[Any, list[str] | None]:
+    """The matrix of one modality and its feature names (a DataFrame's columns, an AnnData's ``var_names``)."""
+    import pandas as pd
+
+    if isinstance(item, pd.DataFrame):
+        return item.to_numpy(), [str(c) for c in item.columns]
+    if hasattr(item, "var_names") and hasattr(item, "X"):  # AnnData
+        return item.X, [str(v) for v in item.var_names]
+    return item, None
+
+
+class MUSE(BaseModel):
     """MUSE (Bao et al. 2022): a joint representation of two or more modalities guided by their own clusters.
+
+    The first :meth:`fit` registers the data (:class:`~stmorph.models._base.BaseModel`): the modalities, their
+    feature counts and, when the data carries them, their feature names (DataFrame columns, AnnData
+    ``var_names``, a MuData's modalities, or ``feature_names=``). :meth:`transform` checks data against this
+    registry: named features in another order (or among further features) are reordered to the registered
+    order; renamed or missing features raise a :class:`~stmorph.errors.StmorphInputError` naming the first
+    mismatches. Plain arrays carry no names: only their feature counts can be checked. :meth:`save` /
+    :meth:`load` keep the registry with the weights (a folder: ``muse.json`` + ``model.pt``).
 
     Parameters
     ----------
@@ -196,6 +230,12 @@ class MUSE:
     >>> m.transform(xs)[0].shape
     (200, 10)
     """
+
+    _FORMAT = "stmorph.MUSE"
+    _FORMAT_VERSION = 1
+    _META_FILE = "muse.json"
+    _WEIGHTS_FILE = "model.pt"
+    _WHAT = "MUSE model"
 
     def __init__(
         self,
@@ -253,6 +293,73 @@ class MUSE:
         self.module = MuseModule(n_features, self.latent_dim, self.n_hidden).to(self.device)
         self.is_fitted = False
         self.train_info: dict[str, Any] = {}
+        self.registry: dict[str, Any] | None = None
+
+    # -- data registry ---------------------------------------------------------------------------------------
+    def _inputs(
+        self, data: Any, feature_names: Sequence[Sequence[str] | None] | None, layers: dict[str, str] | None
+    ) -> tuple[list[Any], list[list[str] | None]]:
+        """One matrix and its feature names (or None) per modality, from a MuData or a sequence of matrices."""
+        if hasattr(data, "mod"):  # MuData: the registered modalities, by name
+            missing = [m for m in self.modality_names if m not in data.mod]
+            if missing:
+                raise StmorphInputError(f"modalities {missing} not in the MuData",
+                                        expected=f"the model's modalities {self.modality_names}")
+            lay = dict((self.registry or {}).get("layers") or {})
+            lay.update(layers or {})
+            mats, names = [], []
+            for m in self.modality_names:
+                a = data.mod[m]
+                layer = lay.get(m)
+                if layer is not None and layer not in a.layers:
+                    raise StmorphInputError(f"layer '{layer}' not found in modality '{m}'",
+                                            expected=f"one of {list(a.layers)} or None (X)")
+                mats.append(a.X if layer is None else a.layers[layer])
+                names.append([str(v) for v in a.var_names])
+        else:
+            if (isinstance(data, np.ndarray) and data.ndim == 2) or hasattr(data, "var_names"):
+                raise StmorphInputError(f"got one {type(data).__name__}",
+                                        expected="one matrix per modality (a list), or a MuData")
+            split = [_split_input(x) for x in data]
+            mats, names = [x for x, _ in split], [n for _, n in split]
+        if len(mats) != len(self.n_features):
+            raise StmorphInputError(f"{len(mats)} arrays given", expected=f"{len(self.n_features)} (one per modality)")
+        if feature_names is not None:
+            if len(feature_names) != len(mats):
+                raise StmorphInputError(f"feature_names has {len(feature_names)} entries",
+                                        expected=f"{len(mats)} (one per modality, None for unnamed)")
+            names = [None if f is None else [str(v) for v in f] for f in feature_names]
+        return mats, names
+
+    def _match_registry(self, mats: list[Any], names: list[list[str] | None]) -> list[Any]:
+        """The matrices with their columns in the registered order (checked by name where both have names)."""
+        reg = self.registry
+        if reg is None:
+            return mats
+        out = []
+        for x, given, known, m in zip(mats, names, reg.get("features") or [None] * len(mats), self.modality_names):
+            idx = None if known is None else check_names(known, given, what=f"the features of modality '{m}'")
+            out.append(x if idx is None else x[:, idx])
+        return out
+
+    def _register(self, arrays: list[np.ndarray], names: list[list[str] | None], layers: dict[str, str] | None) -> None:
+        for x, nm, m in zip(arrays, names, self.modality_names):
+            if nm is not None and len(nm) != x.shape[1]:
+                raise StmorphInputError(f"{len(nm)} feature names for the {x.shape[1]} features of modality '{m}'",
+                                        expected="one name per column")
+        self.registry = {
+            "modalities": list(self.modality_names),
+            "n_features": [int(p) for p in self.n_features],
+            "features": [None if nm is None else list(nm) for nm in names],
+            "layers": {m: str(v) for m, v in (layers or {}).items() if v is not None and m in self.modality_names},
+        }
+
+    def _check_counts(self, arrays: list[np.ndarray]) -> None:
+        for x, p, name in zip(arrays, self.n_features, self.modality_names):
+            if x.shape[1] != p:
+                raise StmorphInputError(
+                    f"modality '{name}' has {x.shape[1]} features", expected=f"{p} as at construction"
+                )
 
     # ------------------------------------------------------------------------------------------------------
     def _cluster_fn(self, k: int, resolution: float, method: str, max_cells: int | None = None):
@@ -281,15 +388,20 @@ class MUSE:
         n_pcs: int = 100,
         margin_max_cells: int = 4000,
         label_max_cells: int | None = 20_000,
-        n_threads: int | None = None,
+        n_jobs: int | None = None,
         show_progress: bool | None = None,
+        feature_names: Sequence[Sequence[str] | None] | None = None,
+        layers: dict[str, str] | None = None,
+        n_threads: int | None = None,
     ) -> MUSE:
         """Train on one ``(n, p_m)`` array per modality (rows = the same cells in every modality).
 
         Parameters
         ----------
         xs
-            One array (dense or scipy sparse) per modality.
+            One matrix per modality (dense, scipy sparse, a DataFrame or an AnnData), or a MuData holding the
+            model's modalities. The first fit registers the modalities, feature counts and names (see
+            :class:`MUSE`); a later fit checks the data against them.
         init_labels
             Initial labels per modality (None entries, or None: PCA + PhenoGraph-style clustering).
         preset
@@ -308,10 +420,17 @@ class MUSE:
             randomly chosen cells and give the others the label of the nearest cluster centroid; this bounds
             their cost at large ``n`` (None: cluster all cells). The final clusters of ``z``
             (:meth:`cluster`) always use every cell.
-        n_threads
-            Torch CPU threads during training (None: leave torch's setting). On a busy machine 1 is fastest.
+        n_jobs
+            Torch (and BLAS) CPU threads during training; ``None`` / ``-1``: ``stmorph.settings.workers()``
+            (:func:`stmorph._threads.resolve_n_jobs`). On a busy machine 1 is fastest.
         show_progress
             Progress bar (None: follow ``STMORPH_PROGRESS``).
+        feature_names
+            Feature names per modality (None entries: unnamed), overriding the names the data carries.
+        layers
+            ``{modality: layer}`` read instead of ``X`` for MuData input (registered for :meth:`transform`).
+        n_threads
+            Deprecated alias of ``n_jobs``.
 
         Returns
         -------
@@ -325,16 +444,13 @@ class MUSE:
         """
         import torch
 
-        if len(xs) != len(self.n_features):
-            raise StmorphInputError(
-                f"{len(xs)} arrays given", expected=f"{len(self.n_features)} (one per modality)"
-            )
-        arrays = _check_arrays(xs, self.zero_inflated, self.modality_names)
-        for x, p, name in zip(arrays, self.n_features, self.modality_names):
-            if x.shape[1] != p:
-                raise StmorphInputError(
-                    f"modality '{name}' has {x.shape[1]} features", expected=f"{p} as at construction"
-                )
+        n_jobs = _deprecated_n_threads(n_jobs, n_threads, "MUSE.fit")
+        mats, names = self._inputs(xs, feature_names, layers)
+        mats = self._match_registry(mats, names)
+        arrays = _check_arrays(mats, self.zero_inflated, self.modality_names)
+        self._check_counts(arrays)
+        if self.registry is None:
+            self._register(arrays, names, layers)
         schedule = get_schedule(
             preset,
             n_epochs_warmup=n_epochs_warmup,
@@ -346,7 +462,7 @@ class MUSE:
         )
         n = arrays[0].shape[0]
         t0 = time.perf_counter()
-        with _torch_threads(n_threads):
+        with _torch_threads(resolve_n_jobs(n_jobs)):
             labels0 = []
             for m, x in enumerate(arrays):
                 given = None if init_labels is None else init_labels[m]
@@ -413,13 +529,25 @@ class MUSE:
         }
         return self
 
-    def transform(self, xs: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def transform(
+        self,
+        xs: Sequence[Any],
+        *,
+        feature_names: Sequence[Sequence[str] | None] | None = None,
+        layers: dict[str, str] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Joint latent ``z`` and per-modality hidden representations ``h_m`` of new or training cells.
 
         Parameters
         ----------
         xs
-            One ``(n, p_m)`` array per modality.
+            One ``(n, p_m)`` matrix per modality (array, sparse, DataFrame, AnnData) or a MuData. Named features
+            are matched to the registered ones by name (reordered when all are present; otherwise a
+            :class:`~stmorph.errors.StmorphInputError` names the first mismatches); unnamed ones only by count.
+        feature_names
+            Feature names per modality, overriding the names the data carries.
+        layers
+            ``{modality: layer}`` for MuData input (default: the registered layers, else ``X``).
 
         Returns
         -------
@@ -433,7 +561,10 @@ class MUSE:
         """
         import torch
 
-        arrays = _check_arrays(xs, [False] * len(xs), self.modality_names)
+        mats, names = self._inputs(xs, feature_names, layers)
+        mats = self._match_registry(mats, names)
+        arrays = _check_arrays(mats, [False] * len(mats), self.modality_names)
+        self._check_counts(arrays)
         return encode_all(self.module, [torch.from_numpy(x).to(self.device) for x in arrays])
 
     def cluster(self, z: np.ndarray, **kw: Any) -> np.ndarray:
@@ -482,42 +613,51 @@ class MUSE:
             "label_weighting": self.label_weighting,
         }
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save configuration, weights and training summary to one file (``torch.save``).
+    # -- persistence (BaseModel) ---------------------------------------------------------------------------
+    def _config_dict(self) -> dict[str, Any]:
+        return self.config()
+
+    def _extra_meta(self) -> dict[str, Any]:
+        info = {k: v for k, v in self.train_info.items() if k not in ("initial_labels", "last_labels")}
+        return {"is_fitted": self.is_fitted, "train_info": to_jsonable(info)}
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], *, device: str | Any = "auto") -> MUSE:
+        model = cls(**meta["config"], device=device)
+        model.registry = meta.get("registry")
+        model.is_fitted = bool(meta.get("is_fitted", True))
+        model.train_info = dict(meta.get("train_info") or {})
+        return model
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Save configuration, data registry, training summary (``muse.json``) and weights (``model.pt``) to a folder.
 
         Parameters
         ----------
         path
-            Output file (written atomically).
+            Folder (created); each file is written atomically.
+        overwrite
+            Replace existing files.
+
+        Returns
+        -------
+        pathlib.Path
+            The folder.
 
         Examples
         --------
-        >>> MUSE([3, 3]).save("muse.pt")  # doctest: +SKIP
+        >>> MUSE([3, 3]).save("muse_model")  # doctest: +SKIP
         """
-        import torch
-
-        from ..._utils import atomic_path
-
-        info = {k: v for k, v in self.train_info.items() if k not in ("initial_labels", "last_labels")}
-        with atomic_path(path) as tmp:
-            torch.save(
-                {
-                    "config": self.config(),
-                    "state_dict": self.module.state_dict(),
-                    "is_fitted": self.is_fitted,
-                    "train_info": info,
-                },
-                tmp,
-            )
+        return super().save(path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | Any = "auto") -> MUSE:
-        """Load a model written by :meth:`save`.
+    def load(cls, path: str | os.PathLike, *, device: str | Any = "auto") -> MUSE:  # type: ignore[override]
+        """Load a model written by :meth:`save` (a folder; the single files of stmorph <= 0.2 are read too).
 
         Parameters
         ----------
         path
-            File written by :meth:`save`.
+            Folder written by :meth:`save`.
         device
             Device to load onto.
 
@@ -527,23 +667,28 @@ class MUSE:
 
         Examples
         --------
-        >>> m = MUSE.load("muse.pt")  # doctest: +SKIP
+        >>> m = MUSE.load("muse_model")  # doctest: +SKIP
         """
-        import torch
-
         if not os.path.exists(path):
             raise StmorphInputError(
-                "MUSE model file not found", file=path, expected="a file written by MUSE.save"
+                "MUSE model not found", file=path, expected="a folder written by MUSE.save"
             )
+        if os.path.isdir(path):
+            return super().load(path, device=device)
+        return cls._load_single_file(path, device=device)
+
+    @classmethod
+    def _load_single_file(cls, path: str | os.PathLike, *, device: str | Any = "auto") -> MUSE:
+        """A model saved as one ``torch.save`` file (stmorph <= 0.2: no registry, so only counts are checked)."""
+        import torch
+
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
             raise StmorphInputError(
-                "not a MUSE model file", file=path, expected="a file written by MUSE.save"
+                "not a MUSE model file", file=path, expected="a folder written by MUSE.save"
             )
-        model = cls(**state["config"], device=device)
-        model.module.load_state_dict(state["state_dict"])
-        model.is_fitted = bool(state.get("is_fitted", True))
-        model.train_info = dict(state.get("train_info", {}))
+        model = cls._restore({"config": state["config"], "is_fitted": state.get("is_fitted", True),
+                              "train_info": state.get("train_info", {})}, state["state_dict"], device=device)
         return model
 
 
@@ -592,7 +737,7 @@ def muse_fit_predict(
     ((200, 10), (200,))
     """
     model = MUSE(
-        [np.shape(x)[1] for x in xs],
+        [np.shape(_split_input(x)[0])[1] for x in xs],
         latent_dim=latent_dim,
         zero_inflated=zero_inflated,
         lambda_regul=lambda_regul,

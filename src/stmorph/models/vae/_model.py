@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..._utils import atomic_path, resolve_device
+from ..._utils import resolve_device
 from ...errors import StmorphInputError
+from .._base import BaseModel, check_names
 from ._config import VAEConfig, get_preset
 
 if TYPE_CHECKING:
@@ -40,12 +41,12 @@ def _get_batch(ds: Any, idx: np.ndarray) -> dict[str, Any]:
         return ds.get_batch(idx)
 
 
-class CropVAE:
+class CropVAE(BaseModel):
     """A convolutional VAE on per-cell crops (spot planes and/or stains), the study's LS1-LS5.
 
     The first call of :meth:`train` registers the data (gene planes, stain channels, crop parameters); latent
     spaces of other samples (:meth:`get_latent`) are computed with the same registration, and :meth:`save` /
-    :meth:`load` keep it with the weights.
+    :meth:`load` keep it with the weights (:class:`~stmorph.models._base.BaseModel`: ``vae.json`` + ``model.pt``).
 
     Parameters
     ----------
@@ -62,6 +63,12 @@ class CropVAE:
     >>> z = vae.get_latent(sample)  # doctest: +SKIP
     >>> vae.save("ls2_model")  # doctest: +SKIP
     """
+
+    _FORMAT = "stmorph.CropVAE"
+    _FORMAT_VERSION = 1
+    _META_FILE = "vae.json"
+    _WEIGHTS_FILE = "model.pt"
+    _WHAT = "VAE"
 
     def __init__(self, config: str | VAEConfig = "ls1_cpu", **overrides: Any):
         self.config = get_preset(config, **overrides)
@@ -302,9 +309,9 @@ class CropVAE:
     def _check_dataset(self, ds: Any) -> None:
         reg = self.registry
         assert reg is not None
-        if self.config.spots and list(ds.gene_names) != reg["genes"]:
-            raise StmorphInputError("the dataset's spot planes differ from the genes the model was trained on",
-                                    expected=f"{len(reg['genes'])} genes in the registered order")
+        if self.config.spots:
+            check_names(reg["genes"], list(ds.gene_names), reorder=False,
+                        what="the dataset's spot planes (genes)")
         if list(ds.channel_names) != reg["channels"]:
             raise StmorphInputError(f"the dataset's stain channels {list(ds.channel_names)} differ from the "
                                     "model's", expected=f"channels {reg['channels']}")
@@ -313,7 +320,27 @@ class CropVAE:
         if getattr(ds, "rotate", False):
             log.warning("the dataset rotates crops; latents should be computed without augmentation")
 
-    # -- persistence ---------------------------------------------------------------------------------------
+    # -- persistence (BaseModel) ---------------------------------------------------------------------------
+    def _config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def _check_savable(self) -> None:
+        if self.module is None or self.registry is None:
+            raise RuntimeError("nothing to save: the model is not trained yet")
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], **kwargs: Any) -> CropVAE:
+        import torch
+
+        obj = cls(VAEConfig.from_dict(meta["config"]))
+        obj.registry = meta["registry"]
+        obj.history = list(meta.get("history", []))
+        obj._build(torch.device("cpu"))
+        return obj
+
     def save(self, path: str | PathLike, *, overwrite: bool = True) -> Path:
         """Write ``vae.json`` (configuration, data registration, history) and ``model.pt`` (weights) to a folder.
 
@@ -333,24 +360,10 @@ class CropVAE:
         --------
         >>> vae.save("models/ls1")  # doctest: +SKIP
         """
-        import torch
-
-        if self.module is None or self.registry is None:
-            raise RuntimeError("nothing to save: the model is not trained yet")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        if not overwrite and (path / _MODEL_FILE).exists():
-            raise FileExistsError(f"{path / _MODEL_FILE} exists; pass overwrite=True")
-        with atomic_path(path / _MODEL_FILE) as tmp:
-            torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, tmp)
-        meta = {"format": "stmorph.CropVAE", "version": 1, "config": self.config.to_dict(),
-                "registry": self.registry, "history": self.history}
-        with atomic_path(path / _META_FILE) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2, default=float))
-        return path
+        return super().save(path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | PathLike) -> CropVAE:
+    def load(cls, path: str | PathLike) -> CropVAE:  # type: ignore[override]
         """Load a model written by :meth:`save` (or the ``best.pt``/``last.pt`` folder of a training run).
 
         Parameters
@@ -367,32 +380,17 @@ class CropVAE:
         --------
         >>> vae = CropVAE.load("models/ls1")  # doctest: +SKIP
         """
-        import torch
-
         from ._train import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
         path = Path(path)
-        if (path / _META_FILE).exists():
-            meta = json.loads((path / _META_FILE).read_text())
-            if meta.get("format") != "stmorph.CropVAE":
-                raise StmorphInputError("not a stmorph VAE folder", file=path / _META_FILE, expected="stmorph.CropVAE")
-            state = torch.load(path / _MODEL_FILE, map_location="cpu", weights_only=True)
-        else:
-            for name in (BEST_NAME, CHECKPOINT_NAME):
-                if (path / name).exists():
-                    meta = load_checkpoint(path / name)
-                    state = meta["module"]
-                    break
-            else:
-                raise StmorphInputError("no saved VAE here", file=path, expected=f"{_META_FILE} + {_MODEL_FILE} or "
-                                        f"{CHECKPOINT_NAME}")
-        obj = cls(VAEConfig.from_dict(meta["config"]))
-        obj.registry = meta["registry"]
-        obj.history = list(meta.get("history", []))
-        obj._build(torch.device("cpu"))
-        assert obj.module is not None
-        obj.module.load_state_dict(state)
-        return obj
+        if cls.read_meta(path) is not None:
+            return super().load(path)
+        for name in (BEST_NAME, CHECKPOINT_NAME):
+            if (path / name).exists():
+                meta = load_checkpoint(path / name)
+                return cls._restore(meta, meta["module"])
+        raise StmorphInputError("no saved VAE here", file=path, expected=f"{_META_FILE} + {_MODEL_FILE} or "
+                                f"{CHECKPOINT_NAME}")
 
     def __repr__(self) -> str:
         c = self.config
