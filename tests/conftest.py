@@ -7,6 +7,9 @@ fixture and are skipped with a clear message where it is absent.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,34 @@ def xenium_crop_dir(shared_data: Path) -> Path:
     if not d.is_dir():
         pytest.skip(f"{d} not found")
     return d
+
+
+@pytest.fixture
+def chromium_page_check(tmp_path: Path) -> Callable[[Path], dict]:
+    """Load an HTML page in headless Chromium and report, after the load event, how many ``<img>`` it has, how
+    many failed to decode, and the first script error (``None`` when there was none). Skips without Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); skipping the browser rendering check")
+
+    def check(page: Path) -> dict:
+        page = Path(page).resolve()
+        probe = tmp_path / f"{page.stem}.check.html"  # the page plus a check run after load (the page is unchanged)
+        probe.write_text(page.read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load',function(){var imgs=document.images,bad=0;"
+            "for(var i=0;i<imgs.length;i++){if(!imgs[i].complete||imgs[i].naturalWidth===0)bad++;}"
+            "document.body.setAttribute('data-check','images='+imgs.length+';broken='+bad);});"
+            "window.onerror=function(m){document.body.setAttribute('data-error',m);};</script></body>"))
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+               "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        dom = proc.stdout
+        assert 'data-check="images=' in dom, proc.stderr[-2000:]
+        check = dom.split('data-check="', 1)[1].split('"', 1)[0]
+        error = dom.split('data-error="', 1)[1].split('"', 1)[0] if 'data-error="' in dom else None
+        return {"images": int(check.split(";")[0].split("=")[1]), "broken": int(check.split(";")[1].split("=")[1]),
+                "error": error}
+
+    return check

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
-import sys
 import time
 from os import PathLike
 from pathlib import Path
@@ -14,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from .._versions import versions
 from ..errors import StmorphInputError
 from ..sample import SpatialSample
 from ._cache import StageCache, file_fingerprint, stage_key
 from ._config import StudyConfig, load_config
 from ._spaces import SpaceContext, build_space, space_inputs
+from .report import write_report
 
 __all__ = ["run_study", "StudyResult", "load_sample_from_config"]
 
@@ -175,11 +175,9 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
     timings["evaluate"] = {"seconds": ev.meta.get("seconds"), "cached": ev.cached}
 
     # 4. report
-    k_report = stage_key({"report": cfg.report, "version": _versions()["stmorph"]}, k_eval)
+    k_report = stage_key({"report": cfg.report, "version": versions()["stmorph"]}, k_eval)
 
     def _do_report(tmp: Path) -> dict[str, Any]:
-        from .report import write_report
-
         write_report(sample, frames, ev.path, tmp, config=cfg, timings=timings, title=cfg.report.get("title"))
         return {}
 
@@ -218,15 +216,3 @@ def _publish(src_dir: Path, dest_dir: Path) -> None:
         else:
             shutil.copy2(f, tmp)
             tmp.replace(dest)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("stmorph", "torch", "numpy", "scanpy", "anndata", "mudata", "scikit-learn", "scipy", "leidenalg", "cp-measure"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
