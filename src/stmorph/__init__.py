@@ -32,7 +32,7 @@ from .sample import (
 
 _passive_openmp()  # before torch/numba start their OpenMP pools
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _SUBMODULES = {"io", "datasets", "crops", "pp", "tl", "features", "eval", "pl", "pipeline", "models", "distributed"}
 
