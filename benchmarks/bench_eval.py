@@ -4,6 +4,10 @@
     python benchmarks/bench_eval.py --skbio-disp-pairs 8   # PERMDISP reference timed on 8 size-stratified pairs
     python benchmarks/bench_eval.py --ileum [--n-trees 1000]  # the study's analyses on ../shared/data/merfish_ileum
     python benchmarks/bench_eval.py --forest [--n-trees 1000] # stmorph's numba forest vs sklearn's, ileum TC + stain
+    python benchmarks/bench_eval.py --protocol-study     # Leiden tuning: the study's protocol vs the fast default (ileum)
+    python benchmarks/bench_eval.py --protocol-study --tc-variants  # the study protocol on other TC preprocessings
+    python benchmarks/bench_eval.py --scs                # MUSE's SCS: knot approximation vs exact; the ileum labels
+    python benchmarks/bench_eval.py --de-leakage         # DE gene panel chosen on all cells vs inside each CV fold
 
 Prints tables (wall seconds and process CPU seconds; CPU time is the fairer figure on a shared machine).
 """
@@ -233,11 +237,153 @@ def bench_forest(args) -> None:
     print("max |diff| per space:", {n: float(pl[(n, "diff")].abs().max()) for n in spaces})
 
 
+def _cluster_row(name: str, protocol: str, c: dict, seconds: float) -> dict:
+    jac = c["jaccard"]
+    vals = [v if v is not None else 0.0 for v in jac.values()]
+    return {"space": name, "protocol": protocol, "k": c.get("k"), "res": c.get("resolution"),
+            "weight": c.get("weight"), "n_clusters": c["n_clusters"], "bound_met": c["bound_met"],
+            "silhouette": round(c["silhouette"], 4), "homogeneity": round(c["homogeneity"], 3),
+            "completeness": round(c["completeness"], 3), "ami": round(c["ami"], 3),
+            "jaccard_mean": round(float(np.mean(vals)), 3), "labels_matched": sum(v is not None for v in jac.values()),
+            "wall_s": round(seconds, 1)}
+
+
+def bench_protocol(args) -> None:
+    """Both Leiden tuning protocols on the ileum TC and stain (LS2) spaces and their multiplex."""
+    import json
+
+    from stmorph.eval import EvalConfig, evaluate_spaces, normalize_counts
+
+    tabs, y, rep = _ileum(args)
+    spaces = {"TC": normalize_counts(tabs["counts"].to_numpy()), "LS2": tabs["stain"].to_numpy()}
+    print(f"cells: {rep['n_cells']}, labels: {y.nunique()}; {_load()}", flush=True)
+    rows, out = [], {}
+    for protocol in args.protocols:
+        cfg = EvalConfig(protocol=protocol, run_permanova=False, run_permdisp=False, run_classification=False)
+        res, w, c = _timed(lambda cfg=cfg: evaluate_spaces(spaces, y, config=cfg, multiplex=[("TC", "LS2")]))
+        out[protocol] = {"summary": res.summary, "timings": res.timings,
+                         "grids": {k: v.to_dict(orient="list") for k, v in res.tables.items() if "grid" in k}}
+        for name in spaces:
+            rows.append(_cluster_row(name, protocol, res.summary["feature_spaces"][name]["clustering"],
+                                     res.timings[f"{name}/clustering"]))
+        rows.append(_cluster_row("TC+LS2", protocol, res.summary["multiplex"]["TC+LS2"], res.timings["TC+LS2/multiplex"]))
+        print(f"{protocol}: {w:.0f} s wall, {c:.0f} s CPU (this process; Leiden runs in workers), {_load()}", flush=True)
+        for k in ("TC", "LS2"):
+            g = res.tables[f"leiden_grid_{k}"]
+            print(f"  {k} grid: clusters {g.n_clusters.min()}-{g.n_clusters.max()}, eligible {int(g.eligible.sum())}/{len(g)}")
+        print(f"  multiplex grid:\n{res.tables['multiplex_grid_TC+LS2'].round(4).to_string()}", flush=True)
+    df = pd.DataFrame(rows)
+    print("\n" + df.to_string(index=False))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "protocols.json").write_text(json.dumps(out, indent=1, default=str))
+    df.to_csv(Path(args.out) / "protocols.csv", index=False)
+
+
+def bench_tc_variants(args) -> None:
+    """The study protocol's TC tuning on other TC preprocessings (what gives the study's 16 clusters?)."""
+    from stmorph.eval import leiden_tune, normalize_counts, zscore
+
+    tabs, y, _ = _ileum(args)
+    raw = tabs["counts"].to_numpy().astype(float)
+    variants = {"normalised + log1p, z-scored": zscore(normalize_counts(raw)), "raw counts": raw,
+                "log1p of raw counts": np.log1p(raw)}
+    for name, X in variants.items():
+        res, w, c = _timed(lambda X=X: leiden_tune(X, protocol="study"))
+        g = res.grid
+        print(f"TC {name}: k={res.k} res={res.resolution} clusters={np.unique(res.clusters).size} "
+              f"silhouette={res.silhouette:.4f}; grid clusters {g.n_clusters.min()}-{g.n_clusters.max()}, eligible "
+              f"{int(g.eligible.sum())}/{len(g)}; {w:.0f} s wall; {_load()}", flush=True)
+        top = g[g.eligible].sort_values("silhouette", ascending=False).head(5)
+        print(top.round(4).to_string(index=False), flush=True)
+
+
+def bench_scs(args) -> None:
+    """SCS: the knot approximation against the exact value (3,000 simulated cells) and the ileum labels."""
+    from stmorph.eval import colocalization_score
+
+    rng = np.random.default_rng(0)
+    n = args.scs_cells
+    xy = rng.uniform(0, 1000, size=(n, 2))
+    # 8 clusters: two tissue bands, two discs, four scattered at random over the rest
+    lab = np.full(n, "", dtype=object)
+    lab[xy[:, 0] < 120] = "band_x"
+    lab[(lab == "") & (xy[:, 1] < 80)] = "band_y"
+    lab[(lab == "") & (((xy - [600, 600]) ** 2).sum(1) < 120 ** 2)] = "disc_1"
+    lab[(lab == "") & (((xy - [300, 800]) ** 2).sum(1) < 60 ** 2)] = "disc_2"
+    rest = lab == ""
+    lab[rest] = rng.choice(["rand_1", "rand_2", "rand_3", "rand_4"], size=int(rest.sum()))
+    lab = lab.astype(str)
+    colocalization_score(xy[:300], lab[:300], permutations=2)  # compile
+    rows = {}
+    for name, kw in (("exact", {"max_exact_pairs": 10**9}), ("knots 65536", {"max_exact_pairs": 0}),
+                     ("knots 4096", {"max_exact_pairs": 0, "n_knots": 4096})):
+        df, w, c = _timed(lambda kw=kw: colocalization_score(xy, lab, permutations=args.scs_permutations, **kw))
+        rows[name] = df.set_index("cluster")
+        print(f"{name:12s} {w:7.1f} s wall {c:7.1f} s CPU  bound (pairs) {df.attrs['max_interval_pairs']:.0f}  {_load()}",
+              flush=True)
+    tab = pd.concat({k: v[["scs", "p_value"]] for k, v in rows.items()}, axis=1)
+    tab.insert(0, "n_cells", rows["exact"]["n_cells"])
+    print(tab.round(6).to_string())
+    for k in ("knots 65536", "knots 4096"):
+        print(f"{k}: max |SCS - exact| = {np.abs(rows[k].scs - rows['exact'].scs).max():.2e}; "
+              f"p-values equal: {np.allclose(rows[k].p_value, rows['exact'].p_value)}")
+    # the ileum: SCS of the 19 published labels at the Baysor centroids
+    d = Path(args.data) / "merfish_ileum"
+    meta = pd.read_csv(d / "cell_meta_data.csv", index_col=0)
+    meta.index = meta.index.astype(str)
+    tabs, y, _ = _ileum(args)
+    coords = meta.loc[y.index, ["x", "y"]].to_numpy()
+    df, w, c = _timed(lambda: colocalization_score(coords, y.to_numpy(), permutations=args.scs_permutations))
+    print(f"\nileum, {len(y)} cells, 19 labels, {args.scs_permutations} permutations ({df.attrs['method']}): "
+          f"{w:.1f} s wall, {c:.1f} s CPU, {_load()}")
+    print(df.sort_values("scs", ascending=False).round(4).to_string(index=False))
+
+
+def bench_de_leakage(args) -> None:
+    """Random-forest balanced accuracy of the DE gene panel chosen on all cells (leaky) vs inside each fold."""
+    from stmorph.eval import de_gene_columns, de_gene_subset, normalize_counts, rf_classification
+
+    tabs, y, _ = _ileum(args)
+    genes = list(tabs["counts"].columns)
+    TC = normalize_counts(tabs["counts"].to_numpy())
+    panel = de_gene_subset(TC, genes, y.to_numpy())
+    idx = [genes.index(g) for g in panel]
+    print(f"DE panel on all cells: {len(panel)} genes {panel}; {_load()}", flush=True)
+    leaky, w1, c1 = _timed(lambda: rf_classification(TC[:, idx], y.to_numpy(), n_trees=args.n_trees))
+    chosen = []
+
+    def select(Xtr, ytr):
+        cols = de_gene_columns(Xtr, ytr)
+        chosen.append([genes[j] for j in cols])
+        return cols
+
+    inside, w2, c2 = _timed(lambda: rf_classification(TC, y.to_numpy(), n_trees=args.n_trees, select=select))
+    print(f"leaky (panel on all cells): BA {leaky.balanced_accuracy:.4f} (fold SD "
+          f"{np.std(leaky.fold_balanced_accuracy):.4f}), {w1:.0f} s wall / {c1:.0f} s CPU")
+    print(f"inside each training fold : BA {inside.balanced_accuracy:.4f} (fold SD "
+          f"{np.std(inside.fold_balanced_accuracy):.4f}), {w2:.0f} s wall / {c2:.0f} s CPU")
+    print(f"leakage (leaky - inside)  : {leaky.balanced_accuracy - inside.balanced_accuracy:+.4f}; per fold: "
+          f"{np.round(leaky.fold_balanced_accuracy - inside.fold_balanced_accuracy, 4).tolist()}")
+    for i, c in enumerate(chosen):
+        print(f"  fold {i}: {len(c)} genes; differs from the all-cells panel by {sorted(set(c) ^ set(panel))}")
+    pl = pd.DataFrame({"leaky": leaky.per_label, "inside": inside.per_label})
+    pl["diff"] = pl.leaky - pl.inside
+    print(pl.round(3).to_string())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ileum", action="store_true", help="run the real-data evaluation instead of the speed benchmark")
     ap.add_argument("--forest", action="store_true", help="compare the random-forest backends on the ileum")
     ap.add_argument("--jobs", type=int, nargs="+", default=[2], help="n_jobs values for --forest")
+    ap.add_argument("--protocol-study", action="store_true", help="Leiden tuning: study protocol vs fast (ileum)")
+    ap.add_argument("--protocols", nargs="+", default=["fast", "study"], help="protocols for --protocol-study")
+    ap.add_argument("--tc-variants", action="store_true", help="with --protocol-study: the study protocol on TC "
+                    "z-scored, raw and log1p counts")
+    ap.add_argument("--scs", action="store_true", help="MUSE's SCS: approximation error and the ileum labels")
+    ap.add_argument("--scs-cells", type=int, default=3000)
+    ap.add_argument("--scs-permutations", type=int, default=1000)
+    ap.add_argument("--de-leakage", action="store_true", help="DE panel: leaky vs chosen inside each fold (ileum)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     ap.add_argument("--out", default="/tmp/stmorph_eval_ileum")
     ap.add_argument("--n-trees", type=int, default=1000)
@@ -247,7 +393,15 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--skbio-disp-pairs", type=int, default=8)
     args = ap.parse_args()
-    if args.forest:
+    if args.protocol_study and args.tc_variants:
+        bench_tc_variants(args)
+    elif args.protocol_study:
+        bench_protocol(args)
+    elif args.scs:
+        bench_scs(args)
+    elif args.de_leakage:
+        bench_de_leakage(args)
+    elif args.forest:
         bench_forest(args)
     elif args.ileum:
         bench_ileum(args)

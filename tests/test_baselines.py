@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.cross_decomposition import CCA
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
 
 from stmorph import StmorphInputError
 from stmorph.datasets import simulate_multimodal
@@ -39,12 +37,31 @@ def test_cca_matches_sklearn():
     assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 1e-4
 
 
-def test_concat_pca_equals_manual(small):
+def _pca_by_eigh(X, k):
+    """Principal component scores from the eigenvectors of the covariance matrix (not sklearn's SVD path)."""
+    Xc = X - X.mean(axis=0)
+    vals, vecs = np.linalg.eigh(Xc.T @ Xc / (len(X) - 1))
+    order = np.argsort(vals)[::-1][:k]
+    return Xc @ vecs[:, order], vals[order]
+
+
+def test_concat_pca_equals_eigendecomposition(small):
     xs = [small["rna"].X, small["morph"].X]
     got = bl.concat_pca_arrays(xs, "standard", 5)
-    manual = np.hstack([StandardScaler().fit_transform(x.astype(np.float64)) for x in xs])
-    ref = PCA(5, random_state=0).fit_transform(manual)
-    np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=1e-4)
+    # z-score each feature by its formula (population SD; constant features stay 0), concatenate, project on the
+    # covariance eigenvectors
+    def zs(x):
+        x = np.asarray(x, np.float64)
+        sd = x.std(axis=0)
+        return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+    z = np.hstack([zs(x) for x in xs])
+    ref, var = _pca_by_eigh(z, 5)
+    np.testing.assert_allclose(np.abs(got), np.abs(ref), atol=1e-3)
+    # known structure of PCA scores: centred, uncorrelated, variances = the leading eigenvalues in order
+    cov = np.cov(got.astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(np.diag(cov), var, rtol=1e-3)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3 * var[0]
     mm = bl.concat_pca_arrays(xs, "minmax", 3)
     qt = bl.concat_pca_arrays(xs, "quantile", 3)
     assert mm.shape == qt.shape == (120, 3)
@@ -55,8 +72,8 @@ def test_concat_pca_equals_manual(small):
 def test_mudata_wrappers(small):
     md = small.copy()
     bl.pca_single(md, "morph", 4)
-    ref = PCA(4, random_state=0).fit_transform(small["morph"].X.astype(np.float64))
-    np.testing.assert_allclose(np.abs(md.obsm["X_pca_morph"]), np.abs(ref), atol=1e-4)
+    ref, _ = _pca_by_eigh(np.asarray(small["morph"].X, np.float64), 4)
+    np.testing.assert_allclose(np.abs(md.obsm["X_pca_morph"]), np.abs(ref), atol=1e-3)
     bl.concat_pca(md, scaling="minmax", n_comps=6)
     bl.cca(md, n_comps=3)
     assert md.obsm["X_concat_minmax"].shape == (120, 6) and md.obsm["X_cca"].shape == (120, 6)

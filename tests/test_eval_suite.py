@@ -14,10 +14,10 @@ from stmorph.errors import StmorphInputError
 from stmorph.eval import (
     EvalConfig,
     cluster_metrics,
-    colocalization_score,
     de_gene_subset,
     evaluate_spaces,
     hungarian_jaccard,
+    knn_colocalization,
     knn_graph,
     latent_f_tests,
     leiden_tune,
@@ -38,29 +38,62 @@ def blobs():
     return X, np.array([f"t{i}" for i in y])
 
 
-def test_silhouette_matches_sklearn(blobs):
-    from sklearn.metrics import silhouette_score
+def _silhouette_by_definition(X, lab):
+    """Rousseeuw's silhouette written out with loops (a(i): mean distance to the own cluster, b(i): lowest mean
+    distance to another cluster, s = (b - a) / max(a, b), 0 for singletons)."""
+    X = np.asarray(X, float)
+    lab = np.asarray(lab)
+    s = []
+    for i in range(len(X)):
+        d = np.sqrt(((X - X[i]) ** 2).sum(axis=1))
+        own = (lab == lab[i])
+        if own.sum() == 1:
+            s.append(0.0)
+            continue
+        a = d[own].sum() / (own.sum() - 1)
+        b = min(d[lab == c].mean() for c in set(lab) if c != lab[i])
+        s.append((b - a) / max(a, b))
+    return float(np.mean(s))
 
+
+def test_silhouette_by_hand_and_by_definition(blobs):
+    # by hand: points 0, 1 (cluster a) and 4 (cluster b) on a line
+    # a(0) = 1, b(0) = 4 -> 3/4; a(1) = 1, b(1) = 3 -> 2/3; point 4 is a singleton -> 0
+    X = np.array([[0.0], [1.0], [4.0]])
+    assert silhouette(X, np.array(["a", "a", "b"])) == pytest.approx((3 / 4 + 2 / 3 + 0) / 3, rel=1e-12)
     X, y = blobs
     rng = np.random.default_rng(0)
     noisy = np.where(rng.random(y.size) < 0.2, "t0", y)
     noisy[0] = "single"  # a singleton cluster
     for lab in (y, noisy):
-        assert silhouette(X, lab) == pytest.approx(silhouette_score(X, lab), rel=1e-10)
+        assert silhouette(X, lab) == pytest.approx(_silhouette_by_definition(X, lab), rel=1e-10)
 
 
 def test_cluster_metrics_orientation_and_jaccard():
-    from sklearn.metrics import adjusted_rand_score, completeness_score, homogeneity_score
+    from sklearn.metrics import homogeneity_score
 
     labels = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 2)
     clusters = np.array([0, 0, 1, 1, 2, 2, 2, 2, 2, 2])  # a split in two; b and c merged
     m = cluster_metrics(labels, clusters)
-    assert m["homogeneity"] == pytest.approx(homogeneity_score(labels, clusters))
-    assert m["completeness"] == pytest.approx(completeness_score(labels, clusters))
+    # by hand (natural logs): H(labels) over sizes 4, 4, 2 of 10; clusters {a,a}, {a,a}, {b,b,b,b,c,c}
+    H_lab = -(2 * 0.4 * np.log(0.4) + 0.2 * np.log(0.2))
+    H_lab_given_cl = 0.6 * -(4 / 6 * np.log(4 / 6) + 2 / 6 * np.log(2 / 6))  # only the mixed cluster is impure
+    H_cl = -(2 * 0.2 * np.log(0.2) + 0.6 * np.log(0.6))
+    H_cl_given_lab = 0.4 * np.log(2)  # label a is split in two halves; b and c each sit in one cluster
+    assert m["homogeneity"] == pytest.approx(1 - H_lab_given_cl / H_lab, rel=1e-12)
+    assert m["completeness"] == pytest.approx(1 - H_cl_given_lab / H_cl, rel=1e-12)
+    assert m["homogeneity"] == pytest.approx(0.6380, abs=1e-4) and m["completeness"] == pytest.approx(0.7082, abs=1e-4)
     # the reference's swapped call gives completeness, not homogeneity
     assert homogeneity_score(clusters, labels) == pytest.approx(m["completeness"])
     assert m["homogeneity"] != pytest.approx(m["completeness"])
-    assert m["ari"] == pytest.approx(adjusted_rand_score(labels, clusters))
+    # ARI by its pair-counting formula: sum over the contingency table of C(n_ij, 2) etc.
+    from math import comb
+
+    index = sum(comb(v, 2) for v in (2, 2, 4, 2))
+    a_sum = sum(comb(v, 2) for v in (4, 4, 2))
+    b_sum = sum(comb(v, 2) for v in (2, 2, 6))
+    expected = a_sum * b_sum / comb(10, 2)
+    assert m["ari"] == pytest.approx((index - expected) / ((a_sum + b_sum) / 2 - expected), rel=1e-12)
     jac = hungarian_jaccard(labels, clusters)
     assert jac["a"] == pytest.approx(0.5)  # matched to one half of its split
     assert jac["b"] == pytest.approx(4 / 6)
@@ -209,18 +242,18 @@ def test_gene_subsets_and_normalisation():
     assert r1 != random_gene_subset(genes, 10, random_state=4)
 
 
-def test_colocalization_score():
+def test_knn_colocalization():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 10, size=(300, 2))
     clusters = np.where(xy[:, 0] < 3, "left", "mixed")
     mixed = clusters == "mixed"
     clusters[mixed] = rng.choice(["m1", "m2"], size=mixed.sum())
-    df = colocalization_score(xy, clusters, n_neighbors=8, permutations=199)
+    df = knn_colocalization(xy, clusters, n_neighbors=8, permutations=199)
     assert df.loc["left", "pvalue"] <= 0.01 and df.loc["left", "enrichment"] > 2
     assert df["n_cells"].sum() == 300
     # labels drawn at random over the whole tissue: no co-localization, score ~ the label's frequency
     rnd = rng.choice(["r1", "r2", "r3"], size=300)
-    dr = colocalization_score(xy, rnd, n_neighbors=8, permutations=199)
+    dr = knn_colocalization(xy, rnd, n_neighbors=8, permutations=199)
     assert (dr["pvalue"] > 0.01).all()
     np.testing.assert_allclose(dr["expected"], (dr["n_cells"] - 1) / 299, atol=0.01)
 

@@ -89,16 +89,19 @@ def test_leiden_matches_leidenalg_modularity():
     assert adjusted_rand_score(ref.membership, ours) > 0.8
 
 
-def test_nearest_centroid_matches_sklearn():
-    from sklearn.neighbors import NearestCentroid
-
+def test_nearest_centroid_by_hand_and_by_definition():
     from stmorph._cluster import nearest_centroid_labels
 
+    # by hand: centroids of label 0 at 0.5 (rows 0, 1) and of label 1 at 10; 2 -> 0, 8 -> 1, 5.2 -> 0 (4.7 < 4.8)
+    ref = np.array([[0.0], [1.0], [10.0]])
+    assert nearest_centroid_labels(np.array([[2.0], [8.0], [5.2]]), ref, np.array([0, 0, 1])).tolist() == [0, 1, 0]
+    # the definition: argmin over labels of the Euclidean distance to the label's mean, written out with loops
     rng = np.random.default_rng(3)
     ref = rng.normal(size=(200, 5))
     lab = rng.integers(0, 4, size=200)
     X = rng.normal(size=(500, 5))
-    want = NearestCentroid().fit(ref, lab).predict(X)
+    centroids = {c: ref[lab == c].mean(axis=0) for c in np.unique(lab)}
+    want = [min(centroids, key=lambda c: float(np.sqrt(((x - centroids[c]) ** 2).sum()))) for x in X]
     np.testing.assert_array_equal(nearest_centroid_labels(X, ref, lab), want)
 
 

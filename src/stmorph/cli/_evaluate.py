@@ -55,6 +55,10 @@ def register(app: typer.Typer) -> None:
         leiden_backend: str = typer.Option("leidenalg", "--leiden-backend", help="Leiden optimiser for the tuning: "
                                            "leidenalg (default, = the multiplex optimiser) or igraph (~15x faster; "
                                            "not with --multiplex)."),
+        protocol: str = typer.Option("fast", "--protocol", help="Leiden tuning: fast (default; stmorph's graphs, "
+                                     "21-point grid) or study (the study's code: scanpy neighbors with n_pcs=0 + "
+                                     "scanpy leiden, k 10..50 x 15 resolutions, multiplex through muon, weights "
+                                     "0.05..0.95; minutes on 5,000 cells)."),
         seed: int = typer.Option(0, "--seed", help="Random seed for every analysis."),
         no_figures: bool = typer.Option(False, "--no-figures", help="Skip the PNG figures."),
         html_report: bool = typer.Option(True, "--report/--no-report", help="Also write the HTML report "
@@ -96,7 +100,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"labels: {report['missing_labels']} cells without a label dropped")
         cfg = EvalConfig(permutations=permutations, n_trees=n_trees, random_state=seed,
                          permdisp_tests=tuple(permdisp_test), rf_max_samples=rf_max_samples, rf_backend=rf_backend,
-                         leiden_backend=leiden_backend)
+                         leiden_backend=leiden_backend, protocol=protocol)
         min_size = cfg.n_splits if min_label_size is None else min_label_size
         n_before = len(lab)
         lab, small = drop_small_labels(lab, min_size)  # as stmorph run: stratified CV needs a cell per fold

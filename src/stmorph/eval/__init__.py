@@ -3,11 +3,13 @@
 * statistics: :func:`permanova`, :func:`permdisp`, :func:`pairwise_permanova`, :func:`pairwise_permdisp`
   (Euclidean, no n x n distance matrix), :func:`benjamini_hochberg`
 * classification: :func:`rf_classification` (random forest: :func:`forest_predict_proba`)
-* clustering: :func:`leiden_tune`, :func:`multiplex_leiden`, :func:`cluster_metrics`, :func:`silhouette`,
-  :func:`hungarian_jaccard`
+* clustering: :func:`leiden_tune`, :func:`multiplex_leiden` (``protocol="fast"`` or the study's ``"study"``),
+  :func:`cluster_metrics`, :func:`silhouette`, :func:`hungarian_jaccard`, :func:`study_neighbors`
 * genes: :func:`ridge_gene_prediction`, :func:`latent_f_tests`, gene subsets (:func:`pca_gene_subset`,
-  :func:`de_gene_subset`, :func:`random_gene_subset`), :func:`normalize_counts`
-* spatial: :func:`colocalization_score` (MUSE)
+  :func:`de_gene_subset`, :func:`random_gene_subset`; :func:`de_gene_columns` chooses the DE panel inside each
+  training fold), :func:`normalize_counts`
+* spatial: :func:`colocalization_score` (MUSE's spatial co-localization score, SCS, with permutation p-values),
+  :func:`spatial_colocalization_score` (one cluster), :func:`knn_colocalization` (same-cluster kNN fraction)
 * one call: :class:`EvalConfig` + :func:`evaluate_spaces`, :func:`write_results`
 * inputs: :func:`read_feature_table`, :func:`read_label_table`, :func:`align_inputs`, :func:`drop_small_labels`
 """
@@ -22,6 +24,7 @@ from ._cluster import (
     leiden_tune,
     multiplex_leiden,
     silhouette,
+    study_neighbors,
 )
 from ._evaluate import (
     EvalConfig,
@@ -36,6 +39,7 @@ from ._evaluate import (
 )
 from ._forest import forest_predict_proba
 from ._genes import (
+    de_gene_columns,
     de_gene_subset,
     latent_f_tests,
     normalize_counts,
@@ -44,7 +48,7 @@ from ._genes import (
     ridge_gene_prediction,
     wilcoxon_scores,
 )
-from ._spatial import colocalization_score
+from ._spatial import colocalization_score, knn_colocalization, spatial_colocalization_score
 from ._stats import (
     TestResult,
     benjamini_hochberg,
@@ -67,11 +71,13 @@ __all__ = [
     "benjamini_hochberg",
     "cluster_metrics",
     "colocalization_score",
+    "de_gene_columns",
     "de_gene_subset",
     "drop_small_labels",
     "evaluate_spaces",
     "geometric_median_batch",
     "hungarian_jaccard",
+    "knn_colocalization",
     "knn_graph",
     "latent_f_tests",
     "leiden_tune",
@@ -89,7 +95,9 @@ __all__ = [
     "forest_predict_proba",
     "ridge_gene_prediction",
     "silhouette",
+    "spatial_colocalization_score",
     "split_table_key",
+    "study_neighbors",
     "wilcoxon_scores",
     "write_results",
     "zscore",

@@ -1,7 +1,27 @@
-"""Leiden clustering tuned by silhouette, multiplex Leiden of two spaces, and cluster-vs-label metrics."""
+"""Leiden clustering tuned by silhouette, multiplex Leiden of two spaces, and cluster-vs-label metrics.
+
+Two tuning protocols share one interface (``protocol=`` of :func:`leiden_tune` and :func:`multiplex_leiden`):
+
+``"fast"`` (default)
+    stmorph's own kNN connectivities (:func:`knn_graph`, scanpy's UMAP weights with exact neighbours, no umap/numba
+    start-up), leidenalg's RB-configuration optimiser on the undirected weighted graph (``n_iterations=2``), grid
+    k in {10, 20, 30} x 7 resolutions, multiplex weights 0.1..0.9, runs in worker processes.
+``"study"``
+    the code of Moser, Hamid, Cimini 2025 (``optimize_leiden_hyperparams``): ``scanpy.pp.neighbors(adata,
+    n_neighbors=k, n_pcs=0)`` on the features (no PCA), ``scanpy.tl.leiden`` (flavor leidenalg: directed graph,
+    edge weights, ``n_iterations=-1``), k = 10, 15, ..., 50, resolutions 0.1, 0.2, ..., 1.0 then 1.2, 1.4, ..., 2.0
+    (the study's ``resolution_threshold=1.0`` with the increment doubled after it), and the multiplex through
+    ``muon.tl.leiden`` (muon's defaults: unweighted directed graphs, ``n_iterations=2``) with each space's tuned
+    k and resolution, weights 0.05, 0.10, ..., 0.95, scored by the mean of the two spaces' silhouettes.
+
+Both protocols enforce the study's bound strictly: a clustering with ``<= min_clusters`` (5) clusters is never
+chosen. When no grid point meets it, the result says so (``bound_met=False``) and keeps the clustering with the most
+clusters (highest silhouette among those), instead of passing it off as a tuned one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +41,24 @@ __all__ = [
     "MultiplexResult",
     "multiplex_leiden",
     "knn_graph",
+    "study_neighbors",
+    "PROTOCOLS",
+    "STUDY_K_GRID",
+    "STUDY_RESOLUTIONS",
+    "STUDY_WEIGHTS",
 ]
 
 DEFAULT_K_GRID = (10, 20, 30)
 DEFAULT_RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)
 DEFAULT_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: the study's grid: k 10..50 step 5; resolutions 0.1..1.0 step 0.1, then step 0.2 up to 2.0; weights 0.05..0.95
+STUDY_K_GRID = tuple(range(10, 51, 5))
+STUDY_RESOLUTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11)) + (1.2, 1.4, 1.6, 1.8, 2.0)
+STUDY_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: the study's seeds (``sc.pp.neighbors(..., random_state=137)``, ``mu.tl.leiden(..., random_state=137)``,
+#: ``sc.tl.leiden`` with its default 0); ``random_state`` is added to each, so 0 reproduces them
+STUDY_SEED = 137
+PROTOCOLS = ("fast", "study")
 
 
 def silhouette(X: np.ndarray, clusters: np.ndarray, *, D: np.ndarray | None = None) -> float:
@@ -242,21 +275,135 @@ def _to_igraph(G):
     return g
 
 
-def _pick_best(table: pd.DataFrame, warning: str) -> pd.Series:
-    """The eligible grid row with the highest silhouette, else (with ``warning``) the one with the most clusters."""
+def _pick_best(table: pd.DataFrame, warning: str) -> tuple[pd.Series, bool]:
+    """The eligible grid row with the highest silhouette (first in grid order on ties, as the study's strict ``>``)
+    and ``True``; else (with ``warning``) the row with the most clusters, highest silhouette among those, and
+    ``False``."""
     ok = table[table["eligible"]]
     if len(ok):
-        return ok.loc[ok["silhouette"].idxmax()]
+        return ok.loc[ok["silhouette"].idxmax()], True
     warnings.warn(warning, stacklevel=3)
-    return table.loc[table["n_clusters"].idxmax()]
+    most = table[table["n_clusters"] == table["n_clusters"].max()]
+    sil = most["silhouette"].fillna(-np.inf)
+    return most.loc[sil.idxmax()], False
 
 
 def _leiden_task(task: tuple) -> np.ndarray:
-    """One Leiden run from plain data (picklable, for worker processes): single space or multiplex."""
+    """One Leiden run from plain data (picklable, for worker processes): single space or multiplex, either
+    protocol."""
     kind, graphs, resolution, weights, random_state, backend = task
     if kind == "multiplex":
         return _leiden_multiplex([_to_igraph(e) for e in graphs], resolution, weights, random_state)
+    if kind == "study":
+        return _study_leiden(graphs, resolution, random_state)
+    if kind == "study_multiplex":
+        return _study_multiplex(graphs, resolution, weights, random_state)
     return _leiden(_to_igraph(graphs), resolution, random_state, backend)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence scanpy's/muon's warnings about their defaults inside a block (the study's defaults are wanted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def study_neighbors(X: np.ndarray, k: int, *, random_state: int = 0):
+    """The study's kNN graph: ``scanpy.pp.neighbors(adata, n_neighbors=k, n_pcs=0, random_state=137 + random_state)``.
+
+    ``n_pcs=0`` makes scanpy use ``adata.X`` (the features themselves, no PCA). Connectivities are UMAP's fuzzy
+    union; neighbours are exact below 8,192 cells (scanpy's brute-force shortcut for Euclidean metrics), else
+    pynndescent's approximation.
+
+    Parameters
+    ----------
+    X
+        ``(n, d)`` features.
+    k
+        ``n_neighbors`` (including the cell itself, scanpy's convention).
+    random_state
+        Added to the study's seed 137.
+
+    Returns
+    -------
+    ``(n, n)`` sparse connectivities (CSR).
+
+    Examples
+    --------
+    >>> G = study_neighbors(np.random.default_rng(0).normal(size=(40, 3)), 5)  # doctest: +SKIP
+    >>> G.shape  # doctest: +SKIP
+    (40, 40)
+    """
+    import anndata as ad
+
+    X = np.asarray(X, dtype=np.float64)
+    if int(k) < 2 or int(k) > X.shape[0]:
+        raise StmorphInputError(f"k={k} for {X.shape[0]} cells", expected="2 <= k <= number of cells")
+    with _quiet():
+        import scanpy as sc
+
+        a = ad.AnnData(X)
+        sc.pp.neighbors(a, n_neighbors=int(k), n_pcs=0, random_state=STUDY_SEED + int(random_state))
+    return a.obsp["connectivities"].tocsr()
+
+
+def _csr_parts(G) -> tuple:
+    """A CSR matrix as plain arrays (cheap to pickle for worker processes)."""
+    G = G.tocsr()
+    return (G.shape[0], G.indptr, G.indices, G.data)
+
+
+def _from_parts(parts):
+    import scipy.sparse as sp
+
+    n, indptr, indices, data = parts
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+def _study_leiden(graph, resolution: float, random_state: int) -> np.ndarray:
+    """``scanpy.tl.leiden(adata, resolution=r, flavor="leidenalg")`` on the study's connectivities (scanpy's
+    defaults: directed graph, edge weights, ``n_iterations=-1``; seed ``random_state``, the study used 0)."""
+    import anndata as ad
+
+    G = _from_parts(graph)
+    with _quiet():
+        import scanpy as sc
+
+        a = ad.AnnData(np.zeros((G.shape[0], 0), dtype=np.float32))
+        sc.tl.leiden(a, resolution=float(resolution), adjacency=G, key_added="clusters", flavor="leidenalg",
+                     random_state=int(random_state))
+    return a.obs["clusters"].to_numpy().astype(str)
+
+
+def _study_multiplex(graphs, resolutions, weights, random_state: int) -> np.ndarray:
+    """``muon.tl.leiden(mdata, resolution={m: r}, mod_weights={m: w}, random_state=137 + random_state)`` with
+    muon's defaults (partitions without edge weights, directed graphs, ``n_iterations=2``), as the study ran it."""
+    import anndata as ad
+    import mudata as md
+
+    with _quiet():
+        import muon as mu
+
+        md.set_options(pull_on_update=False)
+        mods = {}
+        for name, g in zip(("m1", "m2"), graphs):
+            G = _from_parts(g)
+            a = ad.AnnData(np.zeros((G.shape[0], 0), dtype=np.float32))
+            a.obsp["connectivities"] = G
+            a.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+            mods[name] = a
+        mdata = md.MuData(mods)
+        mu.tl.leiden(mdata, resolution={"m1": float(resolutions[0]), "m2": float(resolutions[1])},
+                     mod_weights={"m1": float(weights[0]), "m2": float(weights[1])}, key_added="clusters",
+                     random_state=STUDY_SEED + int(random_state))
+    return mdata.obs["clusters"].to_numpy().astype(str)
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise StmorphInputError(f"clustering protocol {protocol!r}", expected=f"one of {list(PROTOCOLS)}")
 
 
 def _run_leiden_tasks(tasks: list[tuple], n_jobs: int | None, desc: str, disable: bool | None) -> list[np.ndarray]:
@@ -349,6 +496,13 @@ class LeidenResult:
         One row per (k, resolution): ``k, resolution, n_clusters, silhouette, eligible``.
     graphs
         The kNN connectivities per k (reused by :func:`multiplex_leiden`).
+    bound_met
+        Whether the chosen clustering has more than ``min_clusters`` clusters. ``False`` means no grid point
+        reached the bound and ``clusters`` is the clustering with the most clusters, not a tuned one.
+    min_clusters
+        The bound: clusterings with at most this many clusters were not eligible.
+    protocol
+        ``"fast"`` or ``"study"``.
     """
 
     clusters: np.ndarray
@@ -357,46 +511,57 @@ class LeidenResult:
     silhouette: float
     grid: pd.DataFrame
     graphs: dict = field(default_factory=dict, repr=False)
+    bound_met: bool = True
+    min_clusters: int = 5
+    protocol: str = "fast"
+
+
+def _grid_or_default(values, protocol: str, fast: tuple, study: tuple) -> tuple:
+    return tuple(values) if values is not None else (study if protocol == "study" else fast)
 
 
 def leiden_tune(
     X: np.ndarray,
     *,
-    k_grid: Sequence[int] = DEFAULT_K_GRID,
-    resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
+    k_grid: Sequence[int] | None = None,
+    resolutions: Sequence[float] | None = None,
     min_clusters: int = 5,
     random_state: int = 0,
     D: np.ndarray | None = None,
     show_progress: bool | None = None,
     backend: str = "leidenalg",
     n_jobs: int | None = -1,
+    protocol: str = "fast",
 ) -> LeidenResult:
-    """Leiden clustering with ``k`` and resolution chosen by the highest silhouette among grids with >= ``min_clusters``.
+    """Leiden clustering with ``k`` and resolution chosen by the highest silhouette among clusterings with more than
+    ``min_clusters`` clusters.
 
-    One kNN graph per ``k`` is reused for all resolutions. If no grid point reaches ``min_clusters``, the
-    clustering with the most clusters is kept (with a warning).
+    One kNN graph per ``k`` is reused for all resolutions. If no grid point has more than ``min_clusters``
+    clusters, the clustering with the most clusters is returned with ``bound_met=False`` (and a warning).
 
     Parameters
     ----------
     X
-        ``(n, d)`` features (silhouettes are computed in this space).
+        ``(n, d)`` features (graphs and silhouettes are computed in this space).
     k_grid
-        Neighbour counts to try.
+        Neighbour counts to try (default: the protocol's, ``(10, 20, 30)`` or ``10, 15, ..., 50``).
     resolutions
-        Leiden resolutions to try.
+        Leiden resolutions to try (default: the protocol's, see the module docstring).
     min_clusters
-        Lower bound on the number of clusters (the study: >= 5).
+        Clusterings with ``<= min_clusters`` clusters are never chosen (the study's ``nClusters <= 5``: skip).
     random_state
-        Seed for the graph and Leiden.
+        Seed for Leiden (``"study"``: also added to the study's neighbour seed 137).
     D
         Optional precomputed Euclidean distance matrix of ``X``.
     show_progress
         Progress bar over the grid.
     backend
-        ``"leidenalg"`` (default; the multiplex optimiser) or ``"igraph"`` (~15x faster; its resolutions do not
-        transfer to :func:`multiplex_leiden`).
+        ``"fast"`` protocol only: ``"leidenalg"`` (default; the multiplex optimiser) or ``"igraph"`` (~15x faster;
+        its resolutions do not transfer to :func:`multiplex_leiden`).
     n_jobs
         Worker processes for the Leiden runs (-1: all cores; 1: in this process). Results do not depend on it.
+    protocol
+        ``"fast"`` (default) or ``"study"`` (the study's scanpy code and grid; module docstring).
 
     Returns
     -------
@@ -407,31 +572,46 @@ def leiden_tune(
     >>> from sklearn.datasets import make_blobs
     >>> X, _ = make_blobs(300, centers=6, random_state=1)
     >>> res = leiden_tune(X, k_grid=(15,), resolutions=(0.5, 1.0))
-    >>> res.clusters.shape
-    (300,)
+    >>> res.clusters.shape, res.bound_met
+    ((300,), True)
     """
     from sklearn.metrics import pairwise_distances
 
+    _check_protocol(protocol)
+    if protocol == "study" and backend != "leidenalg":
+        raise StmorphInputError(f"backend={backend!r} with protocol='study'", expected="the study's scanpy leidenalg")
     X = np.asarray(X, dtype=np.float64)
+    k_grid = _grid_or_default(k_grid, protocol, DEFAULT_K_GRID, STUDY_K_GRID)
+    resolutions = _grid_or_default(resolutions, protocol, DEFAULT_RESOLUTIONS, STUDY_RESOLUTIONS)
+    if not k_grid or not resolutions:
+        raise StmorphInputError("empty Leiden grid", expected="at least one k and one resolution")
     if D is None:
         D = pairwise_distances(X)
     rows, results = [], {}
-    grid = [(k, r) for k in k_grid for r in resolutions]
+    grid = [(int(k), float(r)) for k in k_grid for r in resolutions]
     disable = None if show_progress is None else not show_progress
-    graphs = {k: knn_graph(X, k, random_state=random_state) for k in dict.fromkeys(k_grid)}
-    edges = {k: _edges(G) for k, G in graphs.items()}
-    memberships = _run_leiden_tasks([("single", edges[k], r, None, random_state, backend) for k, r in grid],
-                                    n_jobs, "Leiden grid", disable)
+    ks = list(dict.fromkeys(int(k) for k in k_grid))
+    if protocol == "study":
+        graphs = {k: study_neighbors(X, k, random_state=random_state) for k in ks}
+        parts = {k: _csr_parts(G) for k, G in graphs.items()}
+        tasks = [("study", parts[k], r, None, random_state, None) for k, r in grid]
+    else:
+        graphs = {k: knn_graph(X, k, random_state=random_state) for k in ks}
+        edges = {k: _edges(G) for k, G in graphs.items()}
+        tasks = [("single", edges[k], r, None, random_state, backend) for k, r in grid]
+    memberships = _run_leiden_tasks(tasks, n_jobs, "Leiden grid", disable)
     for (k, r), cl in zip(grid, memberships):
         n_cl = int(np.unique(cl).size)
         sil = silhouette(X, cl, D=D)
         rows.append({"k": int(k), "resolution": float(r), "n_clusters": n_cl, "silhouette": sil,
-                     "eligible": n_cl >= min_clusters})
+                     "eligible": n_cl > min_clusters})
         results[(k, r)] = cl
     table = pd.DataFrame(rows)
-    best = _pick_best(table, f"no (k, resolution) reached {min_clusters} clusters; keeping the one with the most")
+    best, met = _pick_best(table, f"no (k, resolution) gave more than {min_clusters} clusters; keeping the one with "
+                                  "the most (bound_met=False)")
     k, r = int(best["k"]), float(best["resolution"])
-    return LeidenResult(results[(k, r)].astype(str), k, r, float(best["silhouette"]), table, graphs)
+    return LeidenResult(np.asarray(results[(k, r)]).astype(str), k, r, float(best["silhouette"]), table, graphs,
+                        bound_met=met, min_clusters=int(min_clusters), protocol=protocol)
 
 
 @dataclass
@@ -448,12 +628,22 @@ class MultiplexResult:
         Mean of the silhouettes in the two spaces.
     grid
         One row per weight: ``weight, n_clusters, silhouette_1, silhouette_2, silhouette, eligible``.
+    bound_met
+        Whether the chosen clustering has more than ``min_clusters`` clusters (``False``: no weight reached it;
+        ``clusters`` is then the weight with the most clusters).
+    min_clusters
+        The bound.
+    protocol
+        ``"fast"`` or ``"study"``.
     """
 
     clusters: np.ndarray
     weight: float
     silhouette: float
     grid: pd.DataFrame
+    bound_met: bool = True
+    min_clusters: int = 5
+    protocol: str = "fast"
 
 
 def multiplex_leiden(
@@ -462,21 +652,24 @@ def multiplex_leiden(
     *,
     k: tuple[int, int],
     resolution: tuple[float, float],
-    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    weights: Sequence[float] | None = None,
     min_clusters: int = 5,
     random_state: int = 0,
     graphs: tuple | None = None,
     D: tuple | None = None,
     show_progress: bool | None = None,
     n_jobs: int | None = -1,
+    protocol: str = "fast",
 ) -> MultiplexResult:
     """Multiplex Leiden (muon's multiplex optimiser) of two spaces, modality weight chosen by mean silhouette.
 
     Each space keeps its own tuned ``k`` (kNN graph) and resolution; the weight ``w`` of space 1 (``1 - w`` for
-    space 2) is chosen by the mean of the two spaces' silhouettes among weights giving >= ``min_clusters``.
-    The optimisation equals ``muon.tl.leiden(mdata, resolution=..., mod_weights=..., partition_kwargs={"weights":
-    "weight"})`` (muon's default drops the edge weights); the single-space Leiden of :func:`leiden_tune` uses
-    the same optimiser (leidenalg), so the inherited resolutions mean the same thing.
+    space 2) is chosen by the mean of the two spaces' silhouettes among weights giving more than ``min_clusters``
+    clusters. ``"fast"``: the optimisation equals ``muon.tl.leiden(mdata, resolution=..., mod_weights=...,
+    partition_kwargs={"weights": "weight"})`` on :func:`knn_graph` graphs (muon's default drops the edge weights);
+    the single-space Leiden of :func:`leiden_tune` uses the same optimiser, so the inherited resolutions mean the
+    same thing. ``"study"``: ``muon.tl.leiden`` itself with its defaults on :func:`study_neighbors` graphs, as the
+    study ran it.
 
     Parameters
     ----------
@@ -487,19 +680,21 @@ def multiplex_leiden(
     resolution
         Resolution for each space.
     weights
-        Weights of space 1 to try.
+        Weights of space 1 to try (default: the protocol's, 0.1..0.9 or 0.05..0.95).
     min_clusters
-        Lower bound on the number of clusters.
+        Clusterings with ``<= min_clusters`` clusters are never chosen.
     random_state
         Seed.
     graphs
-        Optional precomputed connectivities of the two spaces.
+        Optional precomputed connectivities of the two spaces (built with the same protocol).
     D
         Optional precomputed distance matrices of the two spaces.
     show_progress
         Progress bar over weights.
     n_jobs
         Worker processes for the runs (-1: all cores; 1: in this process). Results do not depend on it.
+    protocol
+        ``"fast"`` (default) or ``"study"``.
 
     Returns
     -------
@@ -508,35 +703,45 @@ def multiplex_leiden(
     Examples
     --------
     >>> from sklearn.datasets import make_blobs
-    >>> X, _ = make_blobs(200, centers=5, random_state=0)
+    >>> X, _ = make_blobs(200, centers=7, random_state=0)
     >>> res = multiplex_leiden(X, X[:, ::-1], k=(15, 15), resolution=(1.0, 1.0), weights=(0.5,))
     >>> res.weight
     0.5
     """
     from sklearn.metrics import pairwise_distances
 
+    _check_protocol(protocol)
     X1 = np.asarray(X1, dtype=np.float64)
     X2 = np.asarray(X2, dtype=np.float64)
     if X1.shape[0] != X2.shape[0]:
         raise StmorphInputError(f"the two spaces have {X1.shape[0]} and {X2.shape[0]} cells", expected="the same cells")
+    weights = [float(w) for w in _grid_or_default(weights, protocol, DEFAULT_WEIGHTS, STUDY_WEIGHTS)]
+    if not weights or not all(0.0 < w < 1.0 for w in weights):
+        raise StmorphInputError(f"multiplex weights {weights}", expected="weights strictly between 0 and 1")
     if graphs is None:
-        graphs = (knn_graph(X1, k[0], random_state=random_state), knn_graph(X2, k[1], random_state=random_state))
+        build = study_neighbors if protocol == "study" else knn_graph
+        graphs = (build(X1, k[0], random_state=random_state), build(X2, k[1], random_state=random_state))
     if D is None:
         D = (pairwise_distances(X1), pairwise_distances(X2))
-    edges = [_edges(G) for G in graphs]
     rows, results = [], {}
     disable = None if show_progress is None else not show_progress
-    weights = [float(w) for w in weights]
-    memberships = _run_leiden_tasks([("multiplex", edges, resolution, (w, 1.0 - w), random_state, None)
-                                     for w in weights], n_jobs, "multiplex weights", disable)
+    if protocol == "study":
+        parts = [_csr_parts(G) for G in graphs]
+        tasks = [("study_multiplex", parts, resolution, (w, round(1.0 - w, 10)), random_state, None) for w in weights]
+    else:
+        edges = [_edges(G) for G in graphs]
+        tasks = [("multiplex", edges, resolution, (w, 1.0 - w), random_state, None) for w in weights]
+    memberships = _run_leiden_tasks(tasks, n_jobs, "multiplex weights", disable)
     for w, cl in zip(weights, memberships):
-        cl = cl.astype(str)
+        cl = np.asarray(cl).astype(str)
         n_cl = int(np.unique(cl).size)
         s1, s2 = silhouette(X1, cl, D=D[0]), silhouette(X2, cl, D=D[1])
         rows.append({"weight": float(w), "n_clusters": n_cl, "silhouette_1": s1, "silhouette_2": s2,
-                     "silhouette": (s1 + s2) / 2, "eligible": n_cl >= min_clusters})
+                     "silhouette": (s1 + s2) / 2, "eligible": n_cl > min_clusters})
         results[float(w)] = cl
     table = pd.DataFrame(rows)
-    best = _pick_best(table, f"no weight reached {min_clusters} clusters; keeping the one with the most")
+    best, met = _pick_best(table, f"no weight gave more than {min_clusters} clusters; keeping the one with the most "
+                                  "(bound_met=False)")
     w = float(best["weight"])
-    return MultiplexResult(results[w], w, float(best["silhouette"]), table)
+    return MultiplexResult(results[w], w, float(best["silhouette"]), table, bound_met=met,
+                           min_clusters=int(min_clusters), protocol=protocol)

@@ -7,8 +7,8 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +59,17 @@ class EvalConfig:
         ``"stmorph"`` (default; the numba forest, same algorithm as sklearn's; ~5x less CPU on dense
         features, no gain on sparse counts) or ``"sklearn"``.
     k_grid, resolutions, min_clusters
-        Leiden grid and the lower bound on clusters (>= 5).
+        Leiden grid and the bound on clusters: clusterings with ``<= min_clusters`` (5) clusters are never chosen
+        (single space and multiplex); when none of the grid meets it, the summary says ``"bound_met": false``.
+        With ``protocol="study"``, grids left at these defaults become the study's (k 10..50 step 5, resolutions
+        0.1..1.0 step 0.1 then 1.2..2.0 step 0.2, weights 0.05..0.95).
+    protocol
+        Leiden tuning protocol: ``"fast"`` (default; stmorph's graphs and optimiser, 21-point grid, parallel) or
+        ``"study"`` (the study's code: ``scanpy.pp.neighbors(n_pcs=0)`` + ``scanpy.tl.leiden``, multiplex through
+        ``muon.tl.leiden``; 135 + 19 runs, 5-20 minutes per space on 5,000 cells and 2 cores). Both cluster the
+        same features (z-scored with ``standardize``): the study's public code clusters ``adata.X`` without saying
+        how TC was scaled; on the ileum z-scored TC gives 18 clusters (the study reports 16), unscaled normalised
+        TC 7 (``benchmarks/RESULTS.md``). See :mod:`stmorph.eval._cluster`.
     leiden_backend
         ``"leidenalg"`` (default: the multiplex optimiser, so inherited resolutions mean the same) or ``"igraph"``
         (~15x faster tuning; only for runs without multiplex, refused otherwise).
@@ -88,6 +98,7 @@ class EvalConfig:
     k_grid: tuple[int, ...] = (10, 20, 30)
     resolutions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)
     min_clusters: int = 5
+    protocol: str = "fast"
     leiden_backend: str = "leidenalg"
     leiden_n_jobs: int = -1
     multiplex_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -98,6 +109,12 @@ class EvalConfig:
     run_permdisp: bool = True
     run_classification: bool = True
     run_clustering: bool = True
+
+    def __post_init__(self) -> None:
+        from ._cluster import PROTOCOLS
+
+        if self.protocol not in PROTOCOLS:
+            raise StmorphInputError(f"protocol {self.protocol!r}", column="protocol", expected=f"one of {list(PROTOCOLS)}")
 
 
 @dataclass
@@ -576,12 +593,16 @@ def evaluate_spaces(
     multiplex: Sequence[tuple[str, str]] = (),
     ridge: Mapping[str, pd.DataFrame] | None = None,
     show_progress: bool | None = None,
+    protocol: str | None = None,
+    fold_panels: Mapping[str, tuple[np.ndarray, Callable]] | None = None,
 ) -> EvalResults:
     """Run the study's analyses on each feature space (rows = the same cells, in the same order as ``labels``).
 
     Per space: pairwise PERMANOVA and PERMDISP (BH), random-forest classification, silhouette-tuned Leiden and
     its agreement with the labels. Per pair in ``multiplex``: multiplex Leiden with each space's tuned k and
     resolution. Per ``ridge`` entry ``{space: counts}``: gene prediction from that space (R^2, F-test padj).
+    Every clustering entry of the summary carries ``bound_met`` (more than ``min_clusters`` clusters) and the
+    ``protocol`` that tuned it.
 
     Parameters
     ----------
@@ -597,6 +618,14 @@ def evaluate_spaces(
         ``{space name: (n, G) counts DataFrame}`` (normalised to median total + log1p before fitting).
     show_progress
         Progress bars (``None``: follow ``STMORPH_PROGRESS``).
+    protocol
+        Overrides ``config.protocol`` (``"fast"`` or ``"study"``).
+    fold_panels
+        ``{space name: (X_full, select)}`` for spaces that are a panel chosen with the labels (e.g. the DE gene
+        panel of :func:`de_gene_subset`): the classification then fits ``select(X_train, y_train)`` (e.g.
+        :func:`de_gene_columns`) on ``X_full`` inside each training fold, and the summary reports that
+        ``balanced_accuracy`` next to ``balanced_accuracy_leaky`` (the space as given, panel chosen on all cells)
+        and their difference ``leakage``. The other analyses use the space as given.
 
     Returns
     -------
@@ -614,11 +643,34 @@ def evaluate_spaces(
     from sklearn.metrics import pairwise_distances
 
     from ._classify import rf_classification
-    from ._cluster import cluster_metrics, leiden_tune, multiplex_leiden
+    from ._cluster import (
+        DEFAULT_K_GRID,
+        DEFAULT_RESOLUTIONS,
+        DEFAULT_WEIGHTS,
+        PROTOCOLS,
+        STUDY_K_GRID,
+        STUDY_RESOLUTIONS,
+        STUDY_WEIGHTS,
+        cluster_metrics,
+        leiden_tune,
+        multiplex_leiden,
+    )
     from ._genes import latent_f_tests, normalize_counts, ridge_gene_prediction
     from ._stats import pairwise_permanova, pairwise_permdisp, zscore
 
     cfg = config or EvalConfig()
+    if protocol is not None:
+        cfg = replace(cfg, protocol=protocol)
+    if cfg.protocol not in PROTOCOLS:
+        raise StmorphInputError(f"protocol {cfg.protocol!r}", expected=f"one of {list(PROTOCOLS)}")
+    if cfg.protocol == "study":
+        if cfg.leiden_backend != "leidenalg":
+            raise StmorphInputError(f"leiden_backend={cfg.leiden_backend!r} with protocol='study'",
+                                    expected="the study's scanpy leidenalg (leave leiden_backend at 'leidenalg')")
+        study_grid = {"k_grid": (DEFAULT_K_GRID, STUDY_K_GRID), "resolutions": (DEFAULT_RESOLUTIONS, STUDY_RESOLUTIONS),
+                      "multiplex_weights": (DEFAULT_WEIGHTS, STUDY_WEIGHTS)}
+        cfg = replace(cfg, **{k: study for k, (fast, study) in study_grid.items()
+                              if tuple(getattr(cfg, k)) == tuple(fast)})
     y = np.asarray(labels).astype(str)
     n = y.size
     mats: dict[str, np.ndarray] = {}
@@ -639,16 +691,35 @@ def evaluate_spaces(
     tuned: dict[str, tuple] = {}
     clusters_df = pd.DataFrame(index=pd.Index(labels.index if isinstance(labels, pd.Series) else np.arange(n), name="cell"))
     clusters_df["label"] = y
+    fold_panels = dict(fold_panels or {})
+    for name in fold_panels:
+        if name not in mats:
+            raise StmorphInputError(f"fold panel {name!r} is not a feature space", expected=f"one of {list(mats)}")
     for name, M in mats.items():
         entry: dict = {"n_cells": int(n), "n_features": int(M.shape[1])}
         Z = zscore(M) if cfg.standardize else M
         if cfg.run_classification:
             t, tc = time.perf_counter(), time.process_time()
-            cr = rf_classification(M, y, n_trees=cfg.n_trees, n_splits=cfg.n_splits, random_state=cfg.random_state,
-                                   n_jobs=cfg.rf_n_jobs, max_samples=cfg.rf_max_samples, show_progress=show_progress,
-                                   backend=cfg.rf_backend)
-            _record(timings, f"{name}/classification", t, tc)
+            rf_kw = dict(n_trees=cfg.n_trees, n_splits=cfg.n_splits, random_state=cfg.random_state,
+                         n_jobs=cfg.rf_n_jobs, max_samples=cfg.rf_max_samples, show_progress=show_progress,
+                         backend=cfg.rf_backend)
+            cr = rf_classification(M, y, **rf_kw)
             entry["classification"] = {"balanced_accuracy": cr.balanced_accuracy, "per_label": cr.per_label.to_dict()}
+            if name in fold_panels:
+                X_full, select = fold_panels[name]
+                X_full = np.asarray(X_full, dtype=np.float64)
+                if X_full.ndim != 2 or X_full.shape[0] != n:
+                    raise StmorphInputError(f"fold panel {name!r}: features of shape {X_full.shape}",
+                                            expected=f"({n}, n_features): one row per labelled cell")
+                leaky = cr
+                cr = rf_classification(X_full, y, select=select, **rf_kw)
+                entry["classification"] = {
+                    "balanced_accuracy": cr.balanced_accuracy, "per_label": cr.per_label.to_dict(),
+                    "panel_selection": "inside each training fold",
+                    "balanced_accuracy_leaky": leaky.balanced_accuracy, "per_label_leaky": leaky.per_label.to_dict(),
+                    "leakage": leaky.balanced_accuracy - cr.balanced_accuracy}
+                tables[f"classification_leaky_{name}"] = leaky.per_label.rename("balanced_accuracy").to_frame()
+            _record(timings, f"{name}/classification", t, tc)
             tables[f"classification_{name}"] = cr.per_label.rename("balanced_accuracy").to_frame()
             tables[f"confusion_{name}"] = cr.confusion
         if cfg.run_permanova:
@@ -672,16 +743,18 @@ def evaluate_spaces(
                     entry[f"permdisp_{test}"] = res
         if cfg.run_clustering:
             t, tc = time.perf_counter(), time.process_time()
-            D = pairwise_distances(Z)
-            lr = leiden_tune(Z, k_grid=cfg.k_grid, resolutions=cfg.resolutions, min_clusters=cfg.min_clusters,
-                             backend=cfg.leiden_backend, n_jobs=cfg.leiden_n_jobs,
+            C = Z  # both protocols cluster the same (z-scored) features: they differ only in the clustering
+            D = pairwise_distances(C)
+            lr = leiden_tune(C, k_grid=cfg.k_grid, resolutions=cfg.resolutions, min_clusters=cfg.min_clusters,
+                             backend=cfg.leiden_backend, n_jobs=cfg.leiden_n_jobs, protocol=cfg.protocol,
                              random_state=cfg.random_state, D=D, show_progress=show_progress)
             met = cluster_metrics(y, lr.clusters, D=D)
             _record(timings, f"{name}/clustering", t, tc)
-            entry["clustering"] = {"k": lr.k, "resolution": lr.resolution} | met
+            entry["clustering"] = {"k": lr.k, "resolution": lr.resolution, "protocol": lr.protocol,
+                                   "bound_met": lr.bound_met, "min_clusters": lr.min_clusters} | met
             tables[f"leiden_grid_{name}"] = lr.grid
             clusters_df[name] = lr.clusters
-            tuned[name] = (Z, lr, D)
+            tuned[name] = (C, lr, D)
         summary["feature_spaces"][name] = entry
     for a, b in multiplex:
         if a not in mats or b not in mats:
@@ -693,11 +766,12 @@ def evaluate_spaces(
         mr = multiplex_leiden(Za, Zb, k=(la.k, lb.k), resolution=(la.resolution, lb.resolution),
                               weights=cfg.multiplex_weights, min_clusters=cfg.min_clusters,
                               random_state=cfg.random_state, graphs=(la.graphs[la.k], lb.graphs[lb.k]), D=(Da, Db),
-                              show_progress=show_progress, n_jobs=cfg.leiden_n_jobs)
+                              show_progress=show_progress, n_jobs=cfg.leiden_n_jobs, protocol=cfg.protocol)
         met = cluster_metrics(y, mr.clusters)
         met["silhouette"] = mr.silhouette
         _record(timings, f"{a}+{b}/multiplex", t, tc)
-        summary["multiplex"][f"{a}+{b}"] = {"weight": mr.weight} | met
+        summary["multiplex"][f"{a}+{b}"] = {"weight": mr.weight, "protocol": mr.protocol, "bound_met": mr.bound_met,
+                                            "min_clusters": mr.min_clusters} | met
         tables[f"multiplex_grid_{a}+{b}"] = mr.grid
         clusters_df[f"{a}+{b}"] = mr.clusters
     for name, counts in (ridge or {}).items():

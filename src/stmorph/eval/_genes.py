@@ -16,6 +16,7 @@ __all__ = [
     "latent_f_tests",
     "pca_gene_subset",
     "de_gene_subset",
+    "de_gene_columns",
     "wilcoxon_scores",
     "random_gene_subset",
 ]
@@ -240,8 +241,45 @@ def wilcoxon_scores(X: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(z, index=cats)
 
 
+def de_gene_columns(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Column indices of the top Wilcoxon rank-sum gene of each label versus the rest (unique, sorted-label order).
+
+    The feature selection behind :func:`de_gene_subset`, in the form ``rf_classification(select=...)`` takes: pass
+    it there to choose the panel inside each training fold, so the held-out cells' labels never choose the genes.
+
+    Parameters
+    ----------
+    X
+        ``(n, G)`` normalised (log) expression.
+    labels
+        ``(n,)`` labels.
+
+    Returns
+    -------
+    int64 column indices.
+
+    Examples
+    --------
+    >>> X = np.log1p(np.array([[5.0, 0, 1], [6, 0, 0], [0, 4, 1], [0, 5, 0]]))
+    >>> de_gene_columns(X, np.array(["x", "x", "y", "y"])).tolist()
+    [0, 1]
+    """
+    z = wilcoxon_scores(X, labels).to_numpy()
+    out: list[int] = []
+    for row in z:
+        j = int(np.argmax(row))
+        if j not in out:
+            out.append(j)
+    return np.asarray(out, dtype=np.int64)
+
+
 def de_gene_subset(X: np.ndarray, genes: Sequence[str], labels: np.ndarray) -> list[str]:
     """The top Wilcoxon rank-sum gene of each label versus the rest (highest z, as scanpy ranks), unique.
+
+    The panel is chosen with the labels. Classifying those same labels with it in a cross-validation leaks the
+    test cells' labels into the features: use ``rf_classification(X_all_genes, labels, select=de_gene_columns)``
+    (or ``evaluate_spaces(..., fold_panels=...)``) to choose it inside each training fold instead; on the ileum
+    the leak is measured in ``benchmarks/RESULTS.md``.
 
     Parameters
     ----------
@@ -263,13 +301,7 @@ def de_gene_subset(X: np.ndarray, genes: Sequence[str], labels: np.ndarray) -> l
     >>> de_gene_subset(np.log1p(X), list("abcd"), np.repeat(["x", "y"], 30))
     ['c', 'a']
     """
-    z = wilcoxon_scores(X, labels)
-    out: list[str] = []
-    for _, row in z.iterrows():
-        g = str(genes[int(np.argmax(row.to_numpy()))])
-        if g not in out:
-            out.append(g)
-    return out
+    return [str(genes[j]) for j in de_gene_columns(X, labels)]
 
 
 def random_gene_subset(genes: Sequence[str], n: int, *, random_state: int = 0) -> list[str]:

@@ -126,7 +126,12 @@ def _gene_subset(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
         panel = random_gene_subset(genes, int(p.get("n_genes", 20)), random_state=ctx.seed)
     else:
         raise StmorphInputError(f"unknown gene panel method '{method}'", column="method", expected="pca, de or random")
-    return _normalised_counts(ctx.sample, list(panel))
+    df = _normalised_counts(ctx.sample, list(panel))
+    if method == "de":
+        # chosen with the labels the evaluation classifies: the evaluation re-chooses it inside each training fold
+        # (stmorph.eval.de_gene_columns); the mark survives the stage cache (parquet keeps DataFrame.attrs)
+        df.attrs["stmorph_panel"] = {"method": "de", "label_key": ctx.label_key}
+    return df
 
 
 @space_kind("obsm")
