@@ -34,3 +34,14 @@ def test_every_documented_space_key_is_accepted(tmp_path):
     with pytest.raises(StmorphInputError, match="spaces.CP.crop_ums"):
         config_from_dict({"sample": {"reader": "synthetic"}, "spaces": {"CP": {"kind": "cellprofiler", "crop_ums": 2}}},
                          base_dir=tmp_path)
+
+
+def test_unknown_protocol_is_refused_before_anything_runs(tmp_path):
+    import pytest
+
+    from stmorph.errors import StmorphInputError
+    from stmorph.pipeline._config import config_from_dict
+
+    raw = {"sample": {"reader": "synthetic"}, "spaces": {"TC": {"kind": "counts"}}, "evaluate": {"protocol": "studdy"}}
+    with pytest.raises(StmorphInputError, match="did you mean 'study'"):
+        config_from_dict(raw, base_dir=tmp_path)

@@ -318,6 +318,12 @@ def _validate(raw: dict[str, Any], where: str | PathLike) -> None:
                 problems.append((f"evaluate.{k}", f"unknown key{_did_you_mean(k, keys)} (expected one of "
                                                   f"{sorted(keys)}: stmorph.eval.EvalConfig fields and "
                                                   "multiplex, ridge, exclude_labels, min_label_size, figures)"))
+            elif k == "protocol":
+                from ..eval._cluster import PROTOCOLS
+
+                if v not in PROTOCOLS:
+                    problems.append(("evaluate.protocol", f"unknown protocol {v!r}{_did_you_mean(str(v), PROTOCOLS)} "
+                                                          f"(expected one of {list(PROTOCOLS)})"))
             elif k == "multiplex":
                 ok = isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v)
                 if not ok:
