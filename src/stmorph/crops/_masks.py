@@ -99,7 +99,6 @@ def resolve_masks(sample: Any, masks: Any, mask_ids: Any = None) -> tuple[Segmen
     >>> ids[:3].tolist()
     [1, 2, 3]
     """
-    from ..sample import LABEL_ID_KEY
 
     if masks is None or masks is False:
         return None
@@ -119,14 +118,35 @@ def resolve_masks(sample: Any, masks: Any, mask_ids: Any = None) -> tuple[Segmen
         if arr.ndim != 2:
             raise StmorphInputError(f"a label image of shape {arr.shape}", expected="a 2-D label image, a path or True")
         seg = LabelImage(arr)
-    n = sample.n_cells
+    ids = mask_label_ids(sample.adata.obs, mask_ids)
+    shapes = {im.shape for im in sample.images.values()}
+    if shapes and seg.shape not in shapes:
+        raise StmorphInputError(
+            f"the masks (label image) have shape {seg.shape} but the stain images {sorted(shapes)}",
+            expected="masks on the stains' grid",
+        )
+    return seg, ids
+
+
+def mask_label_ids(obs: Any, mask_ids: Any = None) -> np.ndarray:
+    """Each cell's label in the masks: ``mask_ids`` (an array or an ``obs`` column name) or, by default,
+    ``obs["label_id"]`` when present, else ``1..n`` in row order; int64, one per row of ``obs``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> mask_label_ids(pd.DataFrame(index=["a", "b"])).tolist()
+    [1, 2]
+    """
+    from ..sample import LABEL_ID_KEY
+
+    n = len(obs)
     if mask_ids is None:
-        ids = (sample.adata.obs[LABEL_ID_KEY].to_numpy() if LABEL_ID_KEY in sample.adata.obs
-               else np.arange(1, n + 1))
+        ids = obs[LABEL_ID_KEY].to_numpy() if LABEL_ID_KEY in obs else np.arange(1, n + 1)
     elif isinstance(mask_ids, str):
-        if mask_ids not in sample.adata.obs:
+        if mask_ids not in obs:
             raise StmorphInputError("mask id column not found", column=mask_ids, expected="an obs column of label ids")
-        ids = sample.adata.obs[mask_ids].to_numpy()
+        ids = obs[mask_ids].to_numpy()
     else:
         ids = np.asarray(mask_ids)
     try:
@@ -135,13 +155,7 @@ def resolve_masks(sample: Any, masks: Any, mask_ids: Any = None) -> tuple[Segmen
         raise StmorphInputError(f"mask ids are not integers ({exc})", expected="integer labels") from exc
     if ids.size != n:
         raise StmorphInputError(f"{ids.size} mask ids for {n} cells", expected="one label id per cell")
-    shapes = {im.shape for im in sample.images.values()}
-    if shapes and seg.shape not in shapes:
-        raise StmorphInputError(
-            f"the masks (label image) have shape {seg.shape} but the stain images {sorted(shapes)}",
-            expected="masks on the stains' grid",
-        )
-    return seg, ids
+    return ids
 
 
 def check_masks_found(masks: np.ndarray, cell_ids: Any, *, total: int | None = None) -> int:

@@ -253,7 +253,6 @@ class SampleSource:
         ``(spec, ids)`` or ``None`` when no masks are asked for. ``spec["kind"]`` is ``"raster"`` or ``"polygons"``.
         """
         from ..crops import SAMPLE_MASKS
-        from ..sample import LABEL_ID_KEY
 
         if masks is None or masks is False:
             return None
@@ -277,21 +276,9 @@ class SampleSource:
             if arr.ndim != 2:
                 raise StmorphInputError(f"a label image of shape {arr.shape}", expected="a 2-D label image, a path or True")
             spec = {"kind": "raster", **image_spec(LabelImage(arr), inputs, "masks")}
-        n = self.n_cells
-        if mask_ids is None:
-            ids = self.obs[LABEL_ID_KEY].to_numpy() if LABEL_ID_KEY in self.obs else np.arange(1, n + 1)
-        elif isinstance(mask_ids, str):
-            if mask_ids not in self.obs:
-                raise StmorphInputError("mask id column not found", column=mask_ids, expected="an obs column of label ids")
-            ids = self.obs[mask_ids].to_numpy()
-        else:
-            ids = np.asarray(mask_ids)
-        try:
-            ids = np.asarray(ids).astype(np.int64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise StmorphInputError(f"mask ids are not integers ({exc})", expected="integer labels") from exc
-        if ids.size != n:
-            raise StmorphInputError(f"{ids.size} mask ids for {n} cells", expected="one label id per cell")
+        from ..crops._masks import mask_label_ids
+
+        ids = mask_label_ids(self.obs, mask_ids)
         shape = tuple(spec["shape"]) if spec["kind"] == "polygons" else open_image(spec).shape
         if tuple(shape) != tuple(self.image_shape):
             raise StmorphInputError(
