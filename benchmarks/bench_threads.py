@@ -34,7 +34,10 @@ md = st.datasets.simulate_multimodal(random_state=0)
 st.tl.muse(md, random_state=0)
 """,
     "vae_epoch": """
+import os, torch
 import stmorph as st
+if os.environ.get("BENCH_TORCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
 s = st.datasets.demo_tissue()
 st.tl.train_vae(s, "ls1_cpu", epochs=1, random_state=0)
 st.tl.train_vae(s, "ls5_cpu", epochs=1, random_state=0)

@@ -304,8 +304,12 @@ def test_n_jobs_means_the_same_everywhere(monkeypatch):
     seen = []
     monkeypatch.setattr(mm, "_torch_threads", lambda n: seen.append(n) or __import__("contextlib").nullcontext())
     md = simulate_multimodal(n_clusters=2, n_cells=40, n_features=(5, 5), latent_dim=2, random_state=0)
+    monkeypatch.delenv("STMORPH_THREADS", raising=False)
     MUSE([5, 5], latent_dim=2).fit([md["rna"].X, md["morph"].X], **{**TINY_MUSE, "n_jobs": None})
-    assert seen == [3]
+    assert seen == [1]  # a small model: one thread (model_threads), whatever the worker count
+    monkeypatch.setattr(settings, "n_threads", 3)  # the user's thread setting wins
+    MUSE([5, 5], latent_dim=2).fit([md["rna"].X, md["morph"].X], **{**TINY_MUSE, "n_jobs": None})
+    assert seen == [1, 3]
 
 
 # -- CLI: --random-state, --seed a hidden alias -----------------------------------------------------------------

@@ -40,3 +40,19 @@ def test_settings_env_and_thread_limits(monkeypatch):
     with thread_limits(1) as n:
         assert n == 1 and torch.get_num_threads() == 1 and numba.get_num_threads() == 1
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
+
+
+def test_model_threads_small_models_default_to_one(monkeypatch):
+    from stmorph._threads import model_threads, settings
+
+    monkeypatch.delenv("STMORPH_THREADS", raising=False)
+    monkeypatch.setattr(settings, "n_threads", None)
+    monkeypatch.setattr(settings, "n_workers", None)
+    assert model_threads(None, small=True) == 1
+    assert model_threads(None, small=False) == available_cpus()
+    assert model_threads(2, small=True) == 2  # an explicit argument wins
+    monkeypatch.setattr(settings, "n_threads", 2)  # so does the user's setting
+    assert model_threads(None, small=True) == 2
+    monkeypatch.setattr(settings, "n_threads", None)
+    monkeypatch.setenv("STMORPH_THREADS", "2")
+    assert model_threads(None, small=True) == 2

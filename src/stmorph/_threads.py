@@ -125,6 +125,26 @@ def resolve_threads(n: int | None) -> int:
     return int(n) if n is not None and int(n) > 0 else settings.threads()
 
 
+def model_threads(n_jobs: int | None, *, small: bool) -> int:
+    """Torch threads for training a model: ``n_jobs`` when given; else the user's thread setting when set; else
+    :attr:`Settings.small_model_threads` for small models and :meth:`Settings.workers` for the others.
+
+    Small models (MUSE below 5,000 cells, the CPU VAE presets) run fastest on one thread, quiet or beside another
+    job (``benchmarks/RESULTS.md``, "Threads under load": MUSE demo 9.2 s quiet / 12.2 s beside a torch loop on
+    one thread, 12.2 / 13.8 s on two; one ls1_cpu + ls5_cpu epoch 13.2 / 19.7 s on one, 12.1 / 30.7 s on two).
+
+    Examples
+    --------
+    >>> model_threads(3, small=True)
+    3
+    """
+    if n_jobs is not None:
+        return resolve_n_jobs(n_jobs)
+    if settings.n_threads is not None or os.environ.get("STMORPH_THREADS"):
+        return settings.threads()
+    return max(1, int(settings.small_model_threads)) if small else settings.workers()
+
+
 def resolve_n_jobs(n_jobs: int | None) -> int:
     """The worker count an ``n_jobs`` argument means, the same for every stmorph function.
 

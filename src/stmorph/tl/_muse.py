@@ -108,8 +108,9 @@ def muse(
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     n_jobs
-        Torch CPU threads during training; ``None`` / ``-1``: ``stmorph.settings.workers()`` (the same meaning
-        of ``n_jobs`` as everywhere in stmorph, :func:`stmorph._threads.resolve_n_jobs`).
+        Torch CPU threads during training; ``None``: one below 5,000 cells (measured fastest, quiet and beside
+        other jobs), else ``stmorph.settings.workers()``, unless the user set a thread count
+        (:func:`stmorph._threads.model_threads`).
     save_model
         Optional folder to save the trained model in (:meth:`stmorph.models.muse.MUSE.save`), with the modalities'
         feature names, so that applying it to other data checks them.

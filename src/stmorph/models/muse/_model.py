@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..._cluster import phenograph_leiden
-from ..._threads import resolve_n_jobs
+from ..._threads import model_threads, resolve_n_jobs
 from ..._utils import resolve_device, seed_torch
 from ...errors import StmorphInputError
 from .._base import BaseModel, check_names, to_jsonable
@@ -22,6 +22,9 @@ from ._module import MuseModule
 from ._train import PRESETS, MuseSchedule, encode_all, train_muse
 
 __all__ = ["MUSE", "muse_fit_predict", "initial_labels", "get_schedule"]
+
+#: Below this many cells MUSE trains on ``stmorph.settings.small_model_threads`` (1) unless told otherwise.
+SMALL_MUSE_CELLS = 5_000
 
 
 def get_schedule(preset: str | MuseSchedule = "fast", **overrides: Any) -> MuseSchedule:
@@ -421,8 +424,9 @@ class MUSE(BaseModel):
             their cost at large ``n`` (None: cluster all cells). The final clusters of ``z``
             (:meth:`cluster`) always use every cell.
         n_jobs
-            Torch (and BLAS) CPU threads during training; ``None`` / ``-1``: ``stmorph.settings.workers()``
-            (:func:`stmorph._threads.resolve_n_jobs`). On a busy machine 1 is fastest.
+            Torch (and BLAS) CPU threads during training; ``None``: one below 5,000 cells (fastest quiet and
+            beside other jobs), else ``stmorph.settings.workers()``, unless the user set a thread count
+            (:func:`stmorph._threads.model_threads`).
         show_progress
             Progress bar (None: follow ``STMORPH_PROGRESS``).
         feature_names
@@ -462,7 +466,7 @@ class MUSE(BaseModel):
         )
         n = arrays[0].shape[0]
         t0 = time.perf_counter()
-        with _torch_threads(resolve_n_jobs(n_jobs)):
+        with _torch_threads(model_threads(n_jobs, small=n < SMALL_MUSE_CELLS)):
             labels0 = []
             for m, x in enumerate(arrays):
                 given = None if init_labels is None else init_labels[m]
