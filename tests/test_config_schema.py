@@ -45,3 +45,18 @@ def test_unknown_protocol_is_refused_before_anything_runs(tmp_path):
     raw = {"sample": {"reader": "synthetic"}, "spaces": {"TC": {"kind": "counts"}}, "evaluate": {"protocol": "studdy"}}
     with pytest.raises(StmorphInputError, match="did you mean 'study'"):
         config_from_dict(raw, base_dir=tmp_path)
+
+
+def test_compute_section_is_validated(tmp_path):
+    import pytest
+
+    from stmorph.errors import StmorphInputError
+    from stmorph.pipeline._config import config_from_dict
+
+    base = {"sample": {"reader": "synthetic"}, "spaces": {"TC": {"kind": "counts"}}}
+    cfg = config_from_dict({**base, "compute": {"workers": 4, "tile_size": 1024}}, base_dir=tmp_path)
+    assert cfg.compute == {"workers": 4, "tile_size": 1024}
+    with pytest.raises(StmorphInputError, match="compute.worker"):
+        config_from_dict({**base, "compute": {"worker": 4}}, base_dir=tmp_path)
+    with pytest.raises(StmorphInputError, match="compute.workers"):
+        config_from_dict({**base, "compute": {"workers": 0}}, base_dir=tmp_path)

@@ -321,3 +321,23 @@ def test_lost_worker_loses_nothing(sample_dir, client, tmp_path):
     assert (marks / "died").exists() and run.n_computed == len(plan)
     rows = np.concatenate([np.load(f)["rows"] for f in run.files().values()])
     assert np.array_equal(np.sort(rows), np.arange(120))
+
+
+def test_study_config_compute_section_routes_cellprofiler_to_the_cluster(sample_dir, serial_cp, client, tmp_path):
+    """`[compute] scheduler = ...` builds a cellprofiler space tile by tile, equal to the serial table."""
+    from stmorph.pipeline._config import config_from_dict
+    from stmorph.pipeline._spaces import SpaceContext, build_space
+
+    cfg = config_from_dict({
+        "sample": {"reader": "stmorph", "path": str(sample_dir)},
+        "spaces": {"CP": {"kind": "cellprofiler", "size": SIZE, "masks": True}},
+        "compute": {"scheduler": client.scheduler.address, "tile_size": TILE},
+    }, base_dir=tmp_path)
+    ctx = SpaceContext(sample=SpatialSample.read(sample_dir), workdir=tmp_path / "CP", compute=cfg.compute)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = build_space("CP", dict(cfg.spaces["CP"]), ctx)
+    want, names = serial_cp
+    assert list(df.columns) == names
+    np.testing.assert_array_equal(df.to_numpy(np.float32), want)
+    assert (tmp_path / "CP" / "tiles").is_dir()

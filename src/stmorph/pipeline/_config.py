@@ -33,7 +33,9 @@ from ..errors import StmorphInputError
 
 __all__ = ["StudyConfig", "load_config", "config_from_dict"]
 
-_TOP_KEYS = {"sample", "spaces", "evaluate", "report", "out", "seed", "label_key", "device"}
+_TOP_KEYS = {"sample", "spaces", "evaluate", "report", "compute", "out", "seed", "label_key", "device"}
+#: ``[compute]``: per-cell work on a Dask cluster (``stmorph.distributed``); results equal the serial ones.
+_COMPUTE_KEYS = {"workers": 1, "scheduler": "", "tile_size": 2048}
 
 
 @dataclass
@@ -58,6 +60,9 @@ class StudyConfig:
         The ``obs`` column holding cell-type labels.
     device
         Torch device for model training (``"auto"``).
+    compute
+        ``[compute]``: ``workers`` (Dask worker processes for per-cell work; 1 = serial), ``scheduler`` (the
+        address of a running Dask scheduler) and ``tile_size`` (pixels).
     source
         The file the configuration was read from (``None`` for dictionaries).
     """
@@ -71,6 +76,7 @@ class StudyConfig:
     label_key: str = "cell_type"
     device: str = "auto"
     source: Path | None = None
+    compute: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: str | PathLike, *, out: str | PathLike | None = None) -> StudyConfig:
@@ -179,6 +185,7 @@ def config_from_dict(
         label_key=str(raw.get("label_key", "cell_type")),
         device=str(raw.get("device", "auto")),
         source=source,
+        compute=dict(raw.get("compute") or {}),
     )
 
 
@@ -304,6 +311,19 @@ def _validate(raw: dict[str, Any], where: str | PathLike) -> None:
                     if i not in spaces:
                         problems.append((f"{prefix}.inputs", f"{i!r} is not a feature space{_did_you_mean(i, spaces)} "
                                                              f"(expected names among {list(spaces)})"))
+    # [compute]
+    comp = raw.get("compute")
+    if comp is not None and not isinstance(comp, dict):
+        problems.append(("compute", "expected a table ([compute])"))
+    elif comp:
+        _unknown_keys(comp, set(_COMPUTE_KEYS), "compute", problems)
+        for k, default in _COMPUTE_KEYS.items():
+            if k in comp:
+                msg = _type_problem(comp[k], default)
+                if msg is None and k in ("workers", "tile_size") and comp[k] < 1:
+                    msg = "expected a positive integer"
+                if msg:
+                    problems.append((f"compute.{k}", msg))
     # [evaluate]
     ev = raw.get("evaluate")
     if ev is not None and not isinstance(ev, dict):

@@ -152,7 +152,7 @@ def run_study(config: StudyConfig | str | PathLike, *, out: str | PathLike | Non
         def _do_space(tmp: Path, name: str = name, spec: dict[str, Any] = spec, ups: list[str] = ups) -> dict[str, Any]:
             ctx = SpaceContext(sample=SpatialSample.read(st.path / "sample.stmorph"), workdir=outdir / "work" / name,
                                seed=cfg.seed, device=cfg.device, label_key=cfg.label_key,
-                               upstream={u: frames[u] for u in ups})
+                               upstream={u: frames[u] for u in ups}, compute=cfg.compute)
             ctx.workdir.mkdir(parents=True, exist_ok=True)
             df = build_space(name, dict(spec), ctx)
             df.to_parquet(tmp / "features.parquet")

@@ -17,6 +17,8 @@ _TOP_DOC = {
     "spaces": "tables `[spaces.NAME]`, one per feature space (below)",
     "evaluate": "table: evaluation options (below)",
     "report": "table: report options (below)",
+    "compute": "table: per-cell work on a Dask cluster: `workers` (processes; 1 = serial), `scheduler` (address of a "
+               "running scheduler), `tile_size` (pixels); results equal the serial ones (docs/distributed.md)",
     "out": "output folder (default `<config stem>_out` beside the config)",
     "seed": "random seed of every stage (default 0)",
     "label_key": "the `obs` column holding the labels (default `cell_type`)",

@@ -42,6 +42,7 @@ class SpaceContext:
     device: str = "auto"
     label_key: str = "cell_type"
     upstream: dict[str, pd.DataFrame] = field(default_factory=dict)
+    compute: dict[str, Any] = field(default_factory=dict)
 
 
 Builder = Callable[[SpaceContext, dict[str, Any]], pd.DataFrame]
@@ -199,8 +200,19 @@ def _obsm_frame(sample: SpatialSample, key: str, prefix: str) -> pd.DataFrame:
 def _cellprofiler(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     from .. import features
 
-    p.setdefault("n_jobs", 2)
-    features.cellprofiler_features(ctx.sample, key_added="X_cp_pipeline", **p)
+    workers, scheduler = int(ctx.compute.get("workers", 1)), ctx.compute.get("scheduler") or None
+    if workers > 1 or scheduler:  # tile by tile on Dask: the same table as the serial call
+        from .. import distributed
+
+        for k in ("n_jobs", "backend"):
+            p.pop(k, None)
+        distributed.cellprofiler_features(
+            ctx.sample, key_added="X_cp_pipeline", out_dir=ctx.workdir / "tiles", n_workers=workers,
+            scheduler=scheduler, tile_size=int(ctx.compute.get("tile_size", 2048)), overwrite="changed", **p,
+        )
+    else:
+        p.setdefault("n_jobs", 2)
+        features.cellprofiler_features(ctx.sample, key_added="X_cp_pipeline", **p)
     return _obsm_frame(ctx.sample, "X_cp_pipeline", "cp")
 
 
