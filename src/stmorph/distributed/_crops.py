@@ -29,7 +29,7 @@ from ._common import (
     window_stains,
     write_polygon_inputs,
 )
-from ._engine import TileRun, TileTask, engine_client, read_manifest, run_tiles
+from ._engine import TileRun, TileTask, crop_task_factory, engine_client, read_manifest, run_tiles
 from ._plan import plan_tiles
 from ._source import SampleSource
 from ._spots import (
@@ -208,14 +208,11 @@ def write_crops(
     cells_token = array_hash(src.centroids, ids, np.asarray(plan.attrs["image_shape"]), plan["tile"].to_numpy(),
                              np.concatenate(list(plan["cells"])) if len(plan) else None)
 
-    def make_task(row: Any) -> TileTask:
-        rows = np.asarray(row.cells, dtype=np.int64)
-        data: dict[str, Any] = {"boxes": boxes[rows], "centroids": src.centroids[rows]}
-        if ids is not None:
-            data["ids"] = ids[rows]
-        if resolved is not None and resolved[0]["kind"] == "polygons":
-            data["polygons"] = str(polygon_file(inputs, row.tile))
-        return TileTask(int(row.tile), (int(row.wr0), int(row.wr1), int(row.wc0), int(row.wc1)), rows, data)
+    make_task = crop_task_factory(
+        {"boxes": boxes, "centroids": src.centroids, "ids": ids},
+        (lambda tile: polygon_file(inputs, tile)) if resolved is not None and resolved[0]["kind"] == "polygons"
+        else None,
+    )
 
     def before_submit(pending: pd.DataFrame) -> None:
         if resolved is not None and resolved[0]["kind"] == "polygons":

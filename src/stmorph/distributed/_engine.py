@@ -75,6 +75,31 @@ class TileTask:
     tmp_dir: str | None = None
 
 
+def crop_task_factory(
+    per_cell: dict[str, np.ndarray | None], polygons: Any = None
+) -> Any:
+    """``make_task(plan_row) -> TileTask`` for crop-based work: each array of ``per_cell`` (``None`` skipped) is
+    cut to the tile's owned rows; ``polygons(tile)`` (optional) names the tile's polygon file.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> row = next(pd.DataFrame({"tile": [0], "wr0": [0], "wr1": [8], "wc0": [0], "wc1": [8],
+    ...                          "cells": [[1]]}).itertuples())
+    >>> crop_task_factory({"boxes": np.array([[0, 0], [2, 2]]), "ids": None})(row).data["boxes"].tolist()
+    [[2, 2]]
+    """
+
+    def make_task(row: Any) -> TileTask:
+        rows = np.asarray(row.cells, dtype=np.int64)
+        data: dict[str, Any] = {k: v[rows] for k, v in per_cell.items() if v is not None}
+        if polygons is not None:
+            data["polygons"] = str(polygons(row.tile))
+        return TileTask(int(row.tile), (int(row.wr0), int(row.wr1), int(row.wc0), int(row.wc1)), rows, data)
+
+    return make_task
+
+
 @dataclass
 class TileRun:
     """The outcome of :func:`run_tiles`.

@@ -31,7 +31,7 @@ from ._common import (
     window_stains,
     write_polygon_inputs,
 )
-from ._engine import TileTask, engine_client, run_tiles
+from ._engine import TileTask, crop_task_factory, engine_client, run_tiles
 from ._plan import plan_tiles
 from ._source import SampleSource, file_stamp
 
@@ -219,14 +219,11 @@ def cellprofiler_features(
         seg_spec = None if resolved is None else resolved[0]
         ids = None if resolved is None else resolved[1]
 
-        def make_task(row: Any) -> TileTask:
-            rows = np.asarray(row.cells, dtype=np.int64)
-            data: dict[str, Any] = {"boxes": boxes[rows]}
-            if ids is not None:
-                data["ids"] = ids[rows]
-            if seg_spec is not None and seg_spec["kind"] == "polygons":
-                data["polygons"] = str(polygon_file(inputs, row.tile))
-            return TileTask(int(row.tile), (int(row.wr0), int(row.wr1), int(row.wc0), int(row.wc1)), rows, data)
+        make_task = crop_task_factory(
+            {"boxes": boxes, "ids": ids},
+            (lambda tile: polygon_file(inputs, tile)) if seg_spec is not None and seg_spec["kind"] == "polygons"
+            else None,
+        )
 
         def before_submit(pending: pd.DataFrame) -> None:
             if seg_spec is not None and seg_spec["kind"] == "polygons":

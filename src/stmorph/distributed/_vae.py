@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import StmorphInputError
 from ._common import array_hash, channel_ranges, out_folder, polygon_file, write_polygon_inputs
 from ._crops import tile_stains
-from ._engine import TileTask, engine_client, run_tiles
+from ._engine import TileTask, crop_task_factory, engine_client, run_tiles
 from ._plan import plan_tiles
 from ._source import SampleSource
 from ._spots import (
@@ -201,14 +201,11 @@ def vae_latents(
                                  np.concatenate(list(plan["cells"])) if len(plan) else None)
         bs = int(batch_size or 4 * c.batch_size)
 
-        def make_task(row: Any) -> TileTask:
-            rows = np.asarray(row.cells, dtype=np.int64)
-            data: dict[str, Any] = {"boxes": boxes[rows], "centroids": src.centroids[rows]}
-            if ids is not None:
-                data["ids"] = ids[rows]
-            if resolved is not None and resolved[0]["kind"] == "polygons":
-                data["polygons"] = str(polygon_file(inputs, row.tile))
-            return TileTask(int(row.tile), (int(row.wr0), int(row.wr1), int(row.wc0), int(row.wc1)), rows, data)
+        make_task = crop_task_factory(
+            {"boxes": boxes, "centroids": src.centroids, "ids": ids},
+            (lambda tile: polygon_file(inputs, tile)) if resolved is not None and resolved[0]["kind"] == "polygons"
+            else None,
+        )
 
         def before_submit(pending: Any) -> None:
             if resolved is not None and resolved[0]["kind"] == "polygons":
