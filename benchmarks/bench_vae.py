@@ -13,6 +13,10 @@ Sections (``--only`` picks some; default all):
   the morphology-only and the expression-only type pairs of counts, the spot planes' per-gene sums (what LS1
   can see at most), LS2, LS1 with the study's loss alone and LS1 as preset (count reconstruction).
 * ``xenium``  - the real Xenium breast crop (DAPI + transcripts): ls1_cpu, ls2_cpu (DAPI only), ls3_cpu end to end.
+* ``train``   - whole training epochs (``CropVAE.train``, one thread) of ls1_cpu ... ls5_cpu on a synthetic tissue
+  with the ileum panel's 241 genes, and one training step of vae1 ... vae5 at the study's sizes, each in a fresh
+  process against a baseline source tree (``--baseline REV``, extracted with ``git archive``) in the same run:
+  cells/s per core from CPU time and the largest relative difference of the per-epoch losses.
 
 Run ``python benchmarks/bench_vae.py [--only layer,presets] [--threads 2]``; prints Markdown tables.
 """
@@ -168,6 +172,95 @@ def bench_loss(reps: int = 3) -> None:
               f"{rates[True] / rates[False]:.2f}x |", flush=True)
 
 
+_TRAIN_WORKER = r"""
+import json, sys, time, warnings
+import numpy as np, torch
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+from stmorph.datasets import synthetic_tissue
+from stmorph.models.vae import PRESETS, CropVAE, CropVAEModule, compute_loss
+mode, name, n_cells, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if mode == "train":
+    s = synthetic_tissue(n_cells=n_cells, n_types=4, n_genes=241, random_state=0)
+    vae = CropVAE(name, epochs=epochs, val_fraction=0.0)
+    marks = []  # CPU time at the end of every epoch: the first epoch (imports, JIT caches) is not timed
+    vae.train(s, device="cpu", show_progress=False, callbacks=[lambda e, r: marks.append(time.process_time())])
+    print(json.dumps({"cpu": marks[-1] - marks[0], "cells": n_cells * (epochs - 1),
+                      "loss": [h["loss"] for h in vae.history]}))
+else:  # one step at the study's size, batch capped at 8
+    cfg = PRESETS[name]
+    G = 241 if name == "vae1" else (183 if cfg.spots else 0)
+    C, S, B = len(cfg.channels), cfg.crop_size, min(cfg.batch_size, 8)
+    g = torch.Generator().manual_seed(0)
+    batch = {"counts": torch.rand(B, max(G, 1), generator=g) * 5}
+    if G:
+        batch["spots"] = (torch.rand(B, G, S, S, generator=g) < 0.003).float()
+        batch["counts"] = batch["spots"].sum((2, 3))
+    if C:
+        batch["stains"] = torch.rand(B, C, S, S, generator=g)
+    torch.manual_seed(0)
+    m = CropVAEModule(cfg, G, C, sparse=G >= 100)
+    opt = torch.optim.Adam(m.parameters(), lr=cfg.lr)
+    try:
+        from stmorph.models.vae._train import _to_device
+        batch = _to_device(batch, torch.device("cpu"))
+    except ImportError:
+        pass
+    def step():
+        kw = {"spot_index": batch["spot_index"]} if "spot_index" in batch else {}
+        out = m(batch.get("spots"), batch.get("stains"), **kw)
+        loss = compute_loss(out, batch, cfg)["loss"]
+        opt.zero_grad(); loss.backward(); opt.step()
+        return float(loss)
+    torch.set_flush_denormal(True)
+    losses = [step()]
+    t = time.process_time()
+    for _ in range(epochs):
+        losses.append(step())
+    print(json.dumps({"cpu": time.process_time() - t, "cells": B * epochs, "loss": losses}))
+"""
+
+
+def _baseline_tree(rev: str) -> Path:
+    """``src/`` of ``rev`` extracted into a temporary folder (``git archive``; the checkout is not touched)."""
+    import subprocess
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="stmorph-baseline-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "src"
+
+
+def _run_worker(src: Path, *args: object) -> dict:
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(src), "STMORPH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _TRAIN_WORKER, *map(str, args)], env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_train(baseline: str = "HEAD", n_cells: int = 96, epochs: int = 3) -> None:
+    """Training speed of this tree against ``baseline``, each preset alternately in fresh processes."""
+    base = _baseline_tree(baseline)
+    new = REPO / "src"
+    print(f"\n### Training on CPU, one thread: this tree vs `{baseline}` (cells/s per core from CPU time)\n")
+    print("| preset | what is timed | baseline cells/s | this tree cells/s | speed-up | max rel. diff of losses |")
+    print("|---|---|---|---|---|---|")
+    jobs = [("train", f"ls{k}_cpu", n_cells, epochs) for k in range(1, 6)]
+    jobs += [("step", f"vae{k}", 0, 2) for k in range(1, 6)]
+    for mode, name, n, ep in jobs:
+        r_old = _run_worker(base, mode, name, n, ep)
+        r_new = _run_worker(new, mode, name, n, ep)
+        lo, ln = np.asarray(r_old["loss"]), np.asarray(r_new["loss"])
+        diff = float(np.max(np.abs(lo - ln) / np.maximum(np.abs(lo), 1e-12)))
+        what = f"epochs 2-{ep} x {n} cells" if mode == "train" else f"{ep} steps, batch <= 8"
+        ro, rn = r_old["cells"] / r_old["cpu"], r_new["cells"] / r_new["cpu"]
+        print(f"| {name} | {what} | {ro:.1f} | {rn:.1f} | {rn / ro:.2f}x | {diff:.1e} |", flush=True)
+
+
 def _cpu_timeit(fn, reps: int = 3) -> float:
     """CPU time of this process per call (less sensitive to other processes than wall time)."""
     fn()
@@ -272,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="tissue seeds of the synthetic bars")
     ap.add_argument("--tissue", default="bench", choices=["bench", "demo"],
                     help="bars tissue: 4 types x 30 genes (bench) or the demo's 6 types x 60 genes")
+    ap.add_argument("--baseline", default="HEAD", help="git revision the `train` section compares against")
     ap.add_argument("--xenium-epochs", type=int, default=3, help="epochs of the Xenium runs")
     a = ap.parse_args(argv)
     if a.threads:
@@ -292,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_bars(epochs=a.epochs, seeds=tuple(int(v) for v in a.seeds.split(",")), tissue=a.tissue)
     if "xenium" in only:
         bench_xenium(a.xenium_epochs)
+    if "train" in only:
+        bench_train(a.baseline)
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 

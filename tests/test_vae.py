@@ -331,6 +331,84 @@ def test_spot_loss_sparse_equals_dense_float32():
     assert torch.allclose(gs, gd, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("gamma,alpha", [(2.0, None), (1.5, 0.25)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_cpu_loss_equals_float64_autograd_in_both_layouts(gamma, alpha, channels_last):
+    """The float32 CPU path (numba background kernels, NCHW or channels-last logits) against the plain float64
+    autograd expression of Dice and Focal on dense targets."""
+    from stmorph.models.vae import dice_focal_sparse
+
+    g = torch.Generator().manual_seed(4)
+    x64 = 2 * torch.randn(3, 7, 12, 12, generator=g, dtype=torch.float64) - 3
+    y = (torch.rand(3, 7, 12, 12, generator=g) < 0.03).double()
+    w = gene_weights(y.sum((2, 3)))
+    ref_x = x64.clone().requires_grad_()
+    ref = 0.8 * dice_loss(torch.sigmoid(ref_x), y, w) + 0.4 * focal_loss(ref_x, y, gamma=gamma, alpha=alpha,
+                                                                         from_logits=True)
+    ref.backward()
+    x = x64.float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    d, f = dice_focal_sparse(x, torch.nonzero(y.reshape(-1)).squeeze(1), w.float(), gamma=gamma, alpha=alpha)
+    (0.8 * d + 0.4 * f).backward()
+    assert (0.8 * d + 0.4 * f).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert x.grad.shape == x.shape
+    assert torch.allclose(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_dice_focal_sparse_reduce_over_parts_equals_whole_batch():
+    """With ``reduce`` summing the statistics of two halves of a batch, each half's loss is the whole batch's
+    loss and the two halves' gradients together are the whole batch's gradient (what data-parallel training
+    relies on)."""
+    from stmorph.models.vae import dice_focal_sparse
+
+    g = torch.Generator().manual_seed(5)
+    x = 2 * torch.randn(4, 5, 10, 10, generator=g, dtype=torch.float64) - 3
+    y = (torch.rand(4, 5, 10, 10, generator=g) < 0.05).double()
+    w = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25], dtype=torch.float64)
+    whole = x.clone().requires_grad_()
+    d, f = dice_focal_sparse(whole, torch.nonzero(y.reshape(-1)).squeeze(1), w)
+    (d + f).backward()
+    halves = [x[:2].clone().requires_grad_(), x[2:].clone().requires_grad_()]
+    stats = []
+    for h, t in zip(halves, (y[:2], y[2:]), strict=True):
+        captured = {}
+
+        def grab(*parts, captured=captured):
+            captured["parts"] = parts
+            return parts
+
+        dice_focal_sparse(h, torch.nonzero(t.reshape(-1)).squeeze(1), w, reduce=grab)
+        stats.append([p.detach() for p in captured["parts"]])
+    total = [a + b for a, b in zip(*stats, strict=True)]
+    for k, (h, t) in enumerate(zip(halves, (y[:2], y[2:]), strict=True)):
+        other = stats[1 - k]
+
+        def add_other(*parts, other=other):
+            return tuple(p + o for p, o in zip(parts, other, strict=True))
+
+        dk, fk = dice_focal_sparse(h, torch.nonzero(t.reshape(-1)).squeeze(1), w, reduce=add_other)
+        assert dk.item() == pytest.approx(d.item(), rel=1e-12) and fk.item() == pytest.approx(f.item(), rel=1e-12)
+        (dk + fk).backward()
+    assert len(total) == 5
+    assert torch.allclose(torch.cat([h.grad for h in halves]), whole.grad, rtol=1e-10, atol=1e-15)
+
+
+def test_dataset_lists_the_nonzeros_of_its_spot_planes(tmp_path):
+    """``get_batch`` hands the renderer's own list of drawn pixels: it must be exactly the planes' non-zeros."""
+    from stmorph.crops import CellCropDataset
+    from stmorph.datasets import synthetic_tissue
+
+    s = synthetic_tissue(n_cells=30, n_types=3, n_genes=12, random_state=0)
+    ds = CellCropDataset(s, crop_size=64, genes="all", rotate=True)
+    for reuse in (True, False, True):
+        b = ds.get_batch(np.arange(3, 11), reuse_buffer=reuse)
+        expected = torch.nonzero(b["spots"].reshape(-1)).squeeze(1)
+        assert torch.equal(b["spot_index"], expected)
+    assert "spot_index" not in ds[0]
+
+
 def test_count_head_and_loss():
     from stmorph.models.vae import count_loss
 

@@ -62,7 +62,11 @@ def register(app: typer.Typer) -> None:
             "cluster started with dask-jobqueue); workers need the sample on a shared file system.",
         ),
     ) -> None:
-        """Train a VAE on per-cell crops (spot planes and/or stains) and write one latent vector per cell."""
+        """Train a VAE on per-cell crops (spot planes and/or stains) and write one latent vector per cell.
+
+        Data-parallel training on several processes: ``torchrun --nproc-per-node N -m stmorph vae ...``
+        (gloo on CPU, NCCL with one GPU per process); the first process writes the outputs.
+        """
         import time
 
         from .. import io as sio
@@ -92,6 +96,10 @@ def register(app: typer.Typer) -> None:
             crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,
             embed=not distributed, return_model=distributed,
         )
+        from ..models.vae._distributed import is_main_process
+
+        if not is_main_process():  # under torchrun: the first process writes the outputs
+            return
         obsm_key = key_added or f"X_{get_preset(preset).name}"
         if distributed:
             import numpy as np

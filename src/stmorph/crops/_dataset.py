@@ -300,7 +300,7 @@ class CellCropDataset(Dataset):
         if isinstance(i, list | tuple | np.ndarray | torch.Tensor) and np.ndim(np.asarray(i)) > 0:
             return self.get_batch(i)
         b = self.get_batch([int(i)])
-        return {k: v[0] for k, v in b.items()}
+        return {k: v[0] for k, v in b.items() if k != "spot_index"}  # per-batch flat indices: not per cell
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose rotations are used (rotations depend only on seed, epoch and cell).
@@ -358,8 +358,9 @@ class CellCropDataset(Dataset):
 
         Returns
         -------
-        ``{"index": (B,) int64, "spots": (B, G, S, S) float32, "stains": (B, C, S, S) float32,
-        "counts": (B, G) float32}`` (``spots``/``stains`` only when configured).
+        ``{"index": (B,) int64, "spots": (B, G, S, S) float32, "spot_index": (nnz,) int64, "stains":
+        (B, C, S, S) float32, "counts": (B, G) float32}`` (``spots``/``stains`` only when configured;
+        ``spot_index`` holds the sorted flat indices of the ones of ``spots``).
         """
         idx = self._check_idx(idx)
         ks = None if self._ks is None else self._ks[self.cell_positions[idx]]
@@ -381,6 +382,9 @@ class CellCropDataset(Dataset):
                     self._pool = SpotBufferPool(self._index, S, padding=self.spot_padding, genes=self._codes)
                 spots = self._pool.render(cells, self._origins[idx], rotations=ks)
             out["spots"] = torch.from_numpy(spots)
+            # the renderer knows its non-zeros: the sparse first layer and loss need no scan of the planes
+            drawn = (self._renderer if reuse_buffer else self._pool).last_index
+            out["spot_index"] = torch.from_numpy(drawn)
         if self.channel_names:
             assert self._boxes is not None
             st = crop_stains(

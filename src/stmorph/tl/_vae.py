@@ -163,7 +163,9 @@ def train_vae(
         if embed:
             ds = model.dataset(sample, cells=cells, train=False)
             z = model.get_latent(ds, latent=latent, device=device, random_state=random_state)
-    if model_dir is not None:
+    from ..models.vae._distributed import is_main_process
+
+    if model_dir is not None and is_main_process():  # under torchrun the first process writes
         model.save(model_dir)
 
     target = sample.copy() if copy else sample

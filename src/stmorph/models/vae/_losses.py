@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["gene_weights", "dice_loss", "focal_loss", "dice_focal_sparse", "kl_divergence", "spot_loss",
-           "stain_loss", "count_loss"]
+           "spot_positions", "stain_loss", "count_loss"]
 
 _EPS = 1e-7
 
 
-def gene_weights(counts: torch.Tensor) -> torch.Tensor:
+def gene_weights(counts: torch.Tensor, reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """Dynamic per-gene weights of a batch so that rare genes are not ignored.
 
     For each cell, a gene's weight is the inverse of its expression rescaled to the cell's total
@@ -23,6 +25,8 @@ def gene_weights(counts: torch.Tensor) -> torch.Tensor:
     ----------
     counts
         (B, G) transcript counts per cell and gene (or spot-pixel counts).
+    reduce
+        Sum over processes (data-parallel training: weights of the global batch); ``None``: this batch.
 
     Returns
     -------
@@ -36,7 +40,11 @@ def gene_weights(counts: torch.Tensor) -> torch.Tensor:
     """
     counts = counts.float()
     total = counts.sum(1, keepdim=True)
-    w = torch.where(counts > 0, total / counts.clamp_min(_EPS), torch.zeros_like(counts)).mean(0)
+    w = torch.where(counts > 0, total / counts.clamp_min(_EPS), torch.zeros_like(counts))
+    if reduce is None:
+        w = w.mean(0)
+    else:  # the whole global batch (a sum: the mean's 1 / B cancels in the normalisation)
+        (w,) = reduce(w.sum(0).detach())
     s = w.sum()
     if s <= 0:
         return torch.full_like(w, 1.0 / w.numel())
@@ -120,69 +128,107 @@ class _FocalWithLogits(torch.autograd.Function):
         return dz.mul_(grad), None, None, None
 
 
-class _DiceFocalSparse(torch.autograd.Function):
-    """``[Dice, Focal]`` of logits against binary targets given only as the flat indices of their ones.
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``x`` (B, G, H, W) as a contiguous tensor and the ``(outer, genes, inner)`` view of its memory.
 
-    With ``p = sigmoid(x)``, every pixel is first treated as background (focal ``p^g softplus(x)``, Dice
-    denominator ``sum p``); the few positives then get their corrections (focal ``(1-p)^g softplus(-x)`` instead,
-    Dice intersection ``sum p`` over them). The gradient is likewise one dense expression plus a scatter at the
-    positives. No dense target tensor is read or compared, and there are about half the element-wise passes of
-    the dense autograd formulation.
+    NCHW gives ``(B, G, H*W)``; channels-last (what the spot decoder emits, see :class:`ConvDecoder`) gives
+    ``(B*H*W, G, 1)``, so neither layout is copied.
+    """
+    B, G, H, W = x.shape
+    if x.is_contiguous():
+        return x, (B, G, H * W)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, (B * H * W, G, 1)
+    return x.contiguous(), (B, G, H * W)
+
+
+def _memory_index(pos: torch.Tensor, shape: tuple[int, int, int, int], view: tuple[int, int, int]) -> torch.Tensor:
+    """NCHW flat indices ``pos`` as offsets into the memory of a tensor laid out as ``view``."""
+    if view[2] != 1:
+        return pos
+    _, G, H, W = shape
+    hw = H * W
+    b, c, r = pos // (G * hw), (pos // hw) % G, pos % hw
+    return (b * hw + r) * G + c
+
+
+class _SpotSums(torch.autograd.Function):
+    """Sufficient statistics of Dice + Focal for binary targets given as the flat indices of their ones.
+
+    Returns ``(focal_sum, psum, inter)``: the focal loss summed over every pixel, and per gene the sum of
+    ``p = sigmoid(x)`` over all pixels (the Dice denominator without the ones) and over the ones (the Dice
+    intersection). Every pixel is first treated as background (focal ``p^g softplus(x)``); the few positives then
+    get their corrections (focal ``(1-p)^g softplus(-x)`` instead). The gradient is likewise one dense expression
+    plus a scatter at the positives; no dense target tensor is read. On CPU the background reductions and the
+    dense gradient are one fused pass each (:mod:`._loss_kernels`); elsewhere they are torch expressions. NCHW and
+    channels-last logits are both read in place. Dice and the mean focal loss are then small functions of these
+    sums (:func:`dice_focal_sparse`), which is what lets data-parallel training add the sums of all processes.
     """
 
     @staticmethod
-    def forward(ctx, x, pos, cls, n_pos, weights, gamma, alpha):  # type: ignore[override]
-        # x: (B, G, H, W) logits; pos: flat indices of ones; cls: their gene; n_pos: (G,) ones per gene
-        B, G = x.shape[0], x.shape[1]
-        xf = x.reshape(-1)
-        p = torch.sigmoid(x)
-        sp = F.softplus(x)  # -log(1 - p)
+    def forward(ctx, x, pos, cls, gamma, alpha):  # type: ignore[override]
+        # x: (B, G, H, W) logits; pos: NCHW flat indices of ones; cls: their gene
+        x, view = _layout(x)
+        G = x.shape[1]
+        mem = _memory_index(pos, tuple(x.shape), view)
+        xm = x.view(-1) if view[2] != 1 else x.permute(0, 2, 3, 1).reshape(-1)  # memory order, no copy
+        p = torch.sigmoid(xm)
+        sp = F.softplus(xm)  # -log(1 - p)
         a0 = 1.0 if alpha is None else 1.0 - alpha
         a1 = 1.0 if alpha is None else alpha
-        pg = p * p if gamma == 2.0 else p.pow(gamma)
-        focal_sum = torch.dot(pg.view(-1), sp.view(-1)) * a0  # one fused pass instead of mul + sum
-        del pg
-        xp = xf[pos]
+        fused = x.device.type == "cpu" and x.dtype == torch.float32
+        if fused:
+            from ._loss_kernels import background_sums
+
+            f_bg, ps = background_sums(p.view(view).numpy(), sp.view(view).numpy(), gamma)
+            focal_sum = x.new_tensor(f_bg * a0)
+            psum = torch.from_numpy(ps).to(x.dtype)
+        else:
+            pg = p * p if gamma == 2.0 else p.pow(gamma)
+            focal_sum = torch.dot(pg, sp) * a0  # one fused pass instead of mul + sum
+            del pg
+            psum = p.view(view).sum((0, 2))
+        xp = xm[mem]
         pp = torch.sigmoid(xp)
         f0p = pp.pow(gamma) * F.softplus(xp)
         f1p = (1.0 - pp).pow(gamma) * F.softplus(-xp)
         focal_sum = focal_sum + (a1 * f1p - a0 * f0p).sum()
-        n = x.numel()
-        psum = p.sum((0, 2, 3))
         inter = torch.zeros(G, dtype=x.dtype, device=x.device).index_add_(0, cls, pp)
-        card = (psum + n_pos).clamp_min(_EPS)
-        per_class = 1.0 - 2.0 * inter / card
-        w = weights.to(x.dtype)
-        wsum = w.sum()
-        wn = w / wsum if wsum > 0 else torch.zeros_like(w)
-        dice = (per_class * wn).sum()
-        ctx.save_for_backward(p, sp, pos, cls, pp, xp, inter, card, wn)
-        ctx.gamma, ctx.a0, ctx.a1, ctx.n, ctx.shape = gamma, a0, a1, n, (B, G)
-        return torch.stack([dice, focal_sum / n])
+        ctx.save_for_backward(p, sp, mem, cls, pp, xp)
+        ctx.gamma, ctx.a0, ctx.a1, ctx.view, ctx.fused, ctx.full_shape = gamma, a0, a1, view, fused, tuple(x.shape)
+        return focal_sum, psum, inter
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        p, sp, pos, cls, pp, xp, inter, card, wn = ctx.saved_tensors
-        gd, gf = grad[0], grad[1]
-        g, n = ctx.gamma, ctx.n
-        cf = gf * ctx.a0 / n
-        # background focal derivative p^g (g (1 - p) softplus(x) + p), Dice derivative 2 inter/card^2 p (1 - p)
-        u = 1.0 - p
-        out = torch.addcmul(p, u, sp, value=g)
-        out.mul_(p * p if g == 2.0 else p.pow(g)).mul_(cf)
-        cd = (gd * wn * 2.0 * inter / card.pow(2)).view(1, -1, 1, 1)
-        out.addcmul_(u.mul_(p), cd)
-        # corrections at the positives: focal f1 - f0 and the Dice intersection term -2/card p (1 - p)
+    def backward(ctx, g_focal, g_psum, g_inter):  # type: ignore[override]
+        p, sp, mem, cls, pp, xp = ctx.saved_tensors
+        g, view = ctx.gamma, ctx.view
+        cf = g_focal * ctx.a0
+        # background: focal derivative p^g (g (1 - p) softplus(x) + p), psum derivative p (1 - p)
+        if ctx.fused:
+            from ._loss_kernels import background_grad
+
+            out = torch.empty_like(p)
+            background_grad(p.view(view).numpy(), sp.view(view).numpy(), float(cf), g_psum.detach().numpy(), g,
+                            out.view(view).numpy())
+        else:
+            u = 1.0 - p
+            out = torch.addcmul(p, u, sp, value=g)
+            out.mul_(p * p if g == 2.0 else p.pow(g)).mul_(cf)
+            out.view(view).addcmul_(u.mul_(p).view(view), g_psum.view(1, -1, 1))
+        # corrections at the positives: focal f1 - f0 and the intersection term p (1 - p)
         up = 1.0 - pp
         d0 = pp.pow(g) * (g * up * F.softplus(xp) + pp)
         d1 = -(up.pow(g)) * (g * pp * F.softplus(-xp) + up)
-        corr = (gf / n) * (ctx.a1 * d1 - ctx.a0 * d0) - (gd * wn[cls] * 2.0 / card[cls]) * pp * up
-        out.view(-1).index_add_(0, pos, corr)
-        return out, None, None, None, None, None, None
+        corr = g_focal * (ctx.a1 * d1 - ctx.a0 * d0) + g_inter[cls] * pp * up
+        out.index_add_(0, mem, corr)
+        B, G, H, W = ctx.full_shape
+        gx = out.view(B, G, H, W) if view[2] != 1 else out.view(B, H, W, G).permute(0, 3, 1, 2)
+        return gx, None, None, None, None
 
 
 def dice_focal_sparse(logits: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor | None = None, *,
-                      gamma: float = 2.0, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      gamma: float = 2.0, alpha: float | None = None,
+                      reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`dice_loss` of ``sigmoid(logits)`` and :func:`focal_loss` (from logits) for binary targets given sparsely.
 
     Spot planes are about 0.3 % ones, so the targets are passed as the flat indices of their ones; the result
@@ -200,6 +246,10 @@ def dice_focal_sparse(logits: torch.Tensor, pos: torch.Tensor, weights: torch.Te
         (G,) Dice class weights (normalised here); ``None``: equal weights over the genes with ones.
     gamma, alpha
         Focal parameters.
+    reduce
+        Applied to ``(focal_sum, psum, inter, n_pos, n)`` before Dice and the mean are formed; data-parallel
+        training passes a differentiable sum over processes, so that each process's loss is the loss of the whole
+        global batch. ``None``: this batch alone.
 
     Returns
     -------
@@ -213,15 +263,23 @@ def dice_focal_sparse(logits: torch.Tensor, pos: torch.Tensor, weights: torch.Te
     >>> bool(torch.isclose(d, dice_loss(torch.sigmoid(x), y))), bool(torch.isclose(f, focal_loss(x, y, from_logits=True)))
     (True, True)
     """
-    x = (logits if logits.dtype == torch.float64 else logits.float()).contiguous()
+    x = logits if logits.dtype == torch.float64 else logits.float()
     B, G, H, W = x.shape
     pos = pos.to(device=x.device, dtype=torch.int64).reshape(-1)
     cls = torch.div(pos, H * W, rounding_mode="floor") % G
     n_pos = torch.bincount(cls, minlength=G).to(x.dtype)
+    focal_sum, psum, inter = _SpotSums.apply(x, pos, cls, float(gamma), alpha)
+    n = torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)
+    if reduce is not None:  # data-parallel training: the sums of every process's part of the batch
+        focal_sum, psum, inter, n_pos, n = reduce(focal_sum, psum, inter, n_pos, n)
     if weights is None:
         weights = (n_pos > 0).to(x.dtype)
-    out = _DiceFocalSparse.apply(x, pos, cls, n_pos, weights.detach(), float(gamma), alpha)
-    return out[0], out[1]
+    w = weights.detach().to(x.dtype)
+    wsum = w.sum()
+    wn = w / wsum if wsum > 0 else torch.zeros_like(w)
+    card = (psum + n_pos).clamp_min(_EPS)
+    dice = ((1.0 - 2.0 * inter / card) * wn).sum()
+    return dice, focal_sum / n
 
 
 def focal_loss(pred: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, alpha: float | None = None,
@@ -268,13 +326,16 @@ def focal_loss(pred: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, 
     return loss.mean()
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor,
+                  reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """KL divergence of ``N(mu, exp(logvar))`` from ``N(0, I)``, summed over latent dimensions, batch mean.
 
     Parameters
     ----------
     mu, logvar
         (B, D) posterior parameters.
+    reduce
+        Sum over processes (the mean over the global batch); ``None``: this batch.
 
     Returns
     -------
@@ -286,12 +347,16 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     >>> float(kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)))
     0.0
     """
-    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+    from ._distributed import mean_of
+
+    return mean_of(-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1), reduce)
 
 
 def spot_loss(logits: torch.Tensor, target: torch.Tensor, counts: torch.Tensor | None = None, *,
               dice_weight: float = 0.8, focal_weight: float = 0.4, gamma: float = 2.0,
-              alpha: float | None = None, gene_weighting: bool = True, sparse: bool = False) -> dict[str, torch.Tensor]:
+              alpha: float | None = None, gene_weighting: bool = True, sparse: bool = False,
+              pos: torch.Tensor | None = None,
+              reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> dict[str, torch.Tensor]:
     """Spot-plane reconstruction loss: ``dice_weight * Dice + focal_weight * Focal`` (the study: 0.8 and 0.4).
 
     The Dice term uses the dynamic :func:`gene_weights` of the batch (from ``counts``, or the spot-pixel counts
@@ -313,6 +378,11 @@ def spot_loss(logits: torch.Tensor, target: torch.Tensor, counts: torch.Tensor |
     sparse
         Compute both terms with :func:`dice_focal_sparse` from the ones of ``target`` (same values and
         gradient, faster on sparse planes).
+    pos
+        With ``sparse``: the flat (row-major) indices of ``target > 0.5`` when the caller has them (see
+        :func:`spot_positions`); ``None``: found here.
+    reduce
+        Sum over processes: the loss of the global batch of data-parallel training (needs ``sparse``).
 
     Returns
     -------
@@ -331,17 +401,48 @@ def spot_loss(logits: torch.Tensor, target: torch.Tensor, counts: torch.Tensor |
     w = None
     if gene_weighting:
         c = counts if counts is not None else target.sum((2, 3))
-        w = gene_weights(c)
+        w = gene_weights(c, reduce)
     if sparse:
-        pos = torch.nonzero(target.reshape(-1) > 0.5).squeeze(1)
-        dice, focal = dice_focal_sparse(logits, pos, w, gamma=gamma, alpha=alpha)
+        if pos is None:
+            pos = spot_positions(target)[1]
+        dice, focal = dice_focal_sparse(logits, pos, w, gamma=gamma, alpha=alpha, reduce=reduce)
+    elif reduce is not None:
+        raise ValueError("data-parallel training needs the sparse spot loss (sparse_loss=True)")
     else:
         dice = dice_loss(torch.sigmoid(logits), target, w)
         focal = focal_loss(logits, target, gamma=gamma, alpha=alpha, from_logits=True)
     return {"dice": dice, "focal": focal, "spots": dice_weight * dice + focal_weight * focal}
 
 
-def stain_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def spot_positions(spots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat (row-major) indices of the non-zero pixels of spot planes, and of those above 0.5 (the loss targets).
+
+    One ``nonzero`` pass over the (B, genes, S, S) batch serves both the sparse first convolution and the sparse
+    loss (two passes cost ~9 % of an ls1_cpu training step).
+
+    Parameters
+    ----------
+    spots
+        (B, G, H, W) spot planes (binary in practice).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Indices of the non-zeros and the subset of them whose value exceeds 0.5.
+
+    Examples
+    --------
+    >>> nz, pos = spot_positions(torch.tensor([[[[0.0, 1.0, 0.3]]]]))
+    >>> nz.tolist(), pos.tolist()
+    ([1, 2], [1])
+    """
+    flat = spots.reshape(-1)
+    nz = torch.nonzero(flat).squeeze(1)
+    return nz, nz[flat[nz] > 0.5]
+
+
+def stain_loss(logits: torch.Tensor, target: torch.Tensor,
+               reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """L2 (mean squared error) between ``sigmoid(logits)`` and stain crops in [0, 1].
 
     Parameters
@@ -350,6 +451,8 @@ def stain_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         (B, C, H, W) decoder logits.
     target
         (B, C, H, W) stain crops.
+    reduce
+        Sum over processes (the mean over the global batch); ``None``: this batch.
 
     Returns
     -------
@@ -361,10 +464,15 @@ def stain_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     >>> float(stain_loss(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.5)))
     0.0
     """
-    return F.mse_loss(torch.sigmoid(logits.float()), target.float())
+    if reduce is None:
+        return F.mse_loss(torch.sigmoid(logits.float()), target.float())
+    from ._distributed import mean_of
+
+    return mean_of((torch.sigmoid(logits.float()) - target.float()).pow(2), reduce)
 
 
-def count_loss(pred: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def count_loss(pred: torch.Tensor, counts: torch.Tensor,
+               reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """Mean squared error between predicted and observed ``log1p`` per-gene transcript totals of each crop.
 
     Parameters
@@ -373,6 +481,8 @@ def count_loss(pred: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         (B, G) predictions of ``log1p(counts)``.
     counts
         (B, G) transcripts per cell and gene.
+    reduce
+        Sum over processes (the mean over the global batch); ``None``: this batch.
 
     Returns
     -------
@@ -384,4 +494,8 @@ def count_loss(pred: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     >>> round(float(count_loss(torch.zeros(1, 2), torch.tensor([[0.0, 1.718281828]]))), 4)  # (0 + 1) / 2
     0.5
     """
-    return F.mse_loss(pred.float(), torch.log1p(counts.float()))
+    if reduce is None:
+        return F.mse_loss(pred.float(), torch.log1p(counts.float()))
+    from ._distributed import mean_of
+
+    return mean_of((pred.float() - torch.log1p(counts.float())).pow(2), reduce)

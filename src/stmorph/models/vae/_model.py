@@ -195,6 +195,11 @@ class CropVAE(BaseModel):
             Resume from ``checkpoint_dir/last.pt`` when present (else start afresh and overwrite it).
         callbacks
             ``cb(epoch, record)`` after each epoch (raising stops training; the checkpoint is already written).
+
+        Launched by ``torchrun --nproc-per-node N`` the N processes train one model data-parallel
+        (DistributedDataParallel; gloo on CPU, NCCL on GPUs): each takes its share of every global batch of
+        ``config.batch_size`` cells and the result equals one process's training up to float rounding
+        (:mod:`stmorph.models.vae._distributed`). Checkpoints are written by the first process.
         show_progress
             Progress bar with the running loss (``None``: unless ``STMORPH_PROGRESS=0``).
 
@@ -207,9 +212,10 @@ class CropVAE(BaseModel):
         --------
         >>> vae = CropVAE("ls1_cpu").train(sample, max_epochs=2, checkpoint_dir="ckpt")  # doctest: +SKIP
         """
+        from ._distributed import init_from_env
         from ._train import fit
 
-        dev = resolve_device(device)
+        dev = init_from_env(resolve_device(device))  # joins torchrun's process group when launched by it
         train_ds = self.dataset(sample, cells=cells, train=True)
         if len(train_ds) < 2:
             raise StmorphInputError(f"only {len(train_ds)} cell(s) left to train on",
@@ -297,7 +303,7 @@ class CropVAE(BaseModel):
                                   disable=None if show_progress is None else not show_progress):
                     idx = np.arange(s, min(s + bs, len(ds)))
                     batch = _to_device(_get_batch(ds, idx), dev)
-                    mu, logvar = module.encode(batch.get("spots"), batch.get("stains"))
+                    mu, logvar = module.encode(batch.get("spots"), batch.get("stains"), batch.get("spot_index"))
                     if latent == "sample":
                         eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)
                         mu = mu + eps * torch.exp(0.5 * logvar)

@@ -22,7 +22,7 @@ import torch
 from ..._utils import atomic_path, progress
 from ...errors import StmorphInputError
 from ._config import VAEConfig
-from ._losses import count_loss, kl_divergence, spot_loss, stain_loss
+from ._losses import count_loss, kl_divergence, spot_loss, spot_positions, stain_loss
 
 if TYPE_CHECKING:
     from ._module import CropVAEModule
@@ -41,7 +41,8 @@ class VAETrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the model holds the last good weights."""
 
 
-def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
+def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], config: VAEConfig, *,
+                 reduce: Callable[..., tuple[torch.Tensor, ...]] | None = None) -> dict[str, torch.Tensor]:
     """Total loss and its terms for one batch (float32 whatever the autocast precision).
 
     Parameters
@@ -52,6 +53,9 @@ def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], c
         The batch on the model's device (``spots``, ``stains``, ``counts``).
     config
         Loss weights.
+    reduce
+        Differentiable sum over processes (data-parallel training, :func:`._distributed.all_sum`): every term is
+        then the loss of the global batch. ``None``: this batch alone.
 
     Returns
     -------
@@ -73,16 +77,17 @@ def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], c
     if "spot_logits" in out:
         s = spot_loss(out["spot_logits"], batch["spots"], batch.get("counts"), dice_weight=c.dice_weight,
                       focal_weight=c.focal_weight, gamma=c.focal_gamma, alpha=c.focal_alpha,
-                      gene_weighting=c.gene_weighting, sparse=c.sparse_loss)
+                      gene_weighting=c.gene_weighting, sparse=c.sparse_loss, pos=batch.get("spot_pos"),
+                      reduce=reduce)
         terms.update(s)
         total = total + c.spot_weight * s["spots"]
     if "count_pred" in out:
-        terms["counts"] = count_loss(out["count_pred"], batch["counts"])
+        terms["counts"] = count_loss(out["count_pred"], batch["counts"], reduce)
         total = total + c.count_weight * terms["counts"]
     if "stain_logits" in out:
-        terms["stains"] = stain_loss(out["stain_logits"], batch["stains"])
+        terms["stains"] = stain_loss(out["stain_logits"], batch["stains"], reduce)
         total = total + c.stain_weight * terms["stains"]
-    terms["kl"] = kl_divergence(out["mu"].float(), out["logvar"].float())
+    terms["kl"] = kl_divergence(out["mu"].float(), out["logvar"].float(), reduce)
     if c.beta:
         total = total + c.beta * terms["kl"]
     terms["loss"] = total
@@ -90,8 +95,18 @@ def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], c
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on ``device``, with ``spot_index`` / ``spot_pos`` (one ``nonzero`` pass shared by the sparse
+    first layer and the sparse loss) when it has spot planes."""
     nb = device.type == "cuda"
-    return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
+    out = {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
+    spots = out.get("spots")
+    if spots is not None:
+        if "spot_index" in out:  # the dataset's renderer listed its non-zeros
+            nz = out["spot_index"]
+            out["spot_pos"] = nz[spots.reshape(-1)[nz] > 0.5]
+        else:
+            out["spot_index"], out["spot_pos"] = spot_positions(spots)
+    return out
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -262,9 +277,20 @@ def _fit(
     callbacks: Sequence[Callable[[int, dict[str, float]], None]],
     show_progress: bool | None,
 ) -> list[dict[str, float]]:
+    from ._distributed import all_sum, convert_batchnorm, shard, world
+
     c = config
     meta = dict(meta or {})
     module.to(device)
+    rank, n_proc = world()
+    net: torch.nn.Module = module
+    reduce = None
+    if n_proc > 1:  # data parallel: global-batch BatchNorm and losses, DDP's gradient averaging
+        from torch.nn.parallel import DistributedDataParallel
+
+        convert_batchnorm(module)
+        net = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        reduce = all_sum
     amp = device.type == "cuda" and c.mixed_precision in ("auto", True)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     opt = torch.optim.Adam(module.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
@@ -279,6 +305,8 @@ def _fit(
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
         last = ckdir / CHECKPOINT_NAME
+        if n_proc > 1:
+            torch.distributed.barrier()  # every process sees the same checkpoint (or none)
         if resume and last.exists():
             ck = load_checkpoint(last)
             for key in ("registry", "config_fingerprint"):
@@ -309,10 +337,21 @@ def _fit(
         sums: dict[str, float] = {}
         n_seen = 0
         for bi, idx in enumerate(_batches(order, c.batch_size)):
-            batch = _to_device(train_ds.get_batch(idx, reuse_buffer=True), device)
+            local = idx
+            noise = None
+            if n_proc > 1:
+                if idx.size < n_proc:  # (the same on every process) a batch too small to share
+                    continue
+                # the global batch's noise on every process; each keeps its rows (same draws as one process)
+                noise = torch.randn((idx.size, c.latent_dim), generator=gen, device=device)
+                local = shard(idx, rank, n_proc)
+                rows = shard(np.arange(idx.size), rank, n_proc)
+                noise = noise[rows[0] : rows[-1] + 1]
+            batch = _to_device(train_ds.get_batch(local, reuse_buffer=True), device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                out = module(batch.get("spots"), batch.get("stains"), sample=True, generator=gen)
-            terms = compute_loss(out, batch, c)
+                out = net(batch.get("spots"), batch.get("stains"), sample=True, generator=gen,
+                          spot_index=batch.get("spot_index"), noise=noise)
+            terms = compute_loss(out, batch, c, reduce=reduce)
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 module.load_state_dict(good_state)
@@ -349,11 +388,13 @@ def _fit(
         good_state = copy.deepcopy(module.state_dict())
         if c.select_best and (best is None or score < best["score"]):
             best = {"epoch": epoch + 1, "score": score, "state": copy.deepcopy(good_state)}
-            if ckdir is not None:
+            if ckdir is not None and rank == 0:
                 _save({"format": _CKPT_FORMAT, "epoch": epoch + 1, "module": best["state"], **meta},
                       ckdir / BEST_NAME)
-        if ckdir is not None:
+        if ckdir is not None and rank == 0:  # checkpoints from the first process only
             _save(_checkpoint(module, opt, scaler, epoch + 1, history, best, meta), ckdir / CHECKPOINT_NAME)
+        if n_proc > 1:
+            torch.distributed.barrier()
         for cb in callbacks:
             cb(epoch + 1, record)
     if c.select_best and best is not None:
@@ -395,7 +436,7 @@ def evaluate_loss(module: CropVAEModule, config: VAEConfig, ds: Any, idx: np.nda
     for chunk in [idx[k : k + config.batch_size] for k in range(0, idx.size, config.batch_size)]:
         batch = _to_device(ds.get_batch(chunk, reuse_buffer=True), device)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            out = module(batch.get("spots"), batch.get("stains"), sample=False)
+            out = module(batch.get("spots"), batch.get("stains"), sample=False, spot_index=batch.get("spot_index"))
         tot += float(compute_loss(out, batch, config)["loss"]) * chunk.size
         n += chunk.size
     module.train(was)
