@@ -37,6 +37,22 @@ def test_baysor_layout_roundtrip(tissue, tmp_path):
     # molecules of kept cells: same per-cell counts as the sample's molecule index
     np.testing.assert_array_equal(s.molecule_index().counts_per_cell(), tissue.molecule_index().counts_per_cell()[rows])
     assert_samples_equal(s, sio.read(sio.write(s, tmp_path / "b.stmorph")))
+    # every reader closes its provenance the same way (io._common.finish_sample)
+    assert list(s.provenance)[-4:] == ["n_cells", "n_genes", "n_molecules", "report"]
+    assert (s.provenance["n_cells"], s.provenance["n_molecules"]) == (s.n_cells, len(s.molecules))
+    # molecules of the cells dropped with their label are unassigned
+    assert set(s.molecules["cell_id"].dropna()) <= set(s.cell_ids)
+
+
+def test_writers_live_next_to_their_readers():
+    from stmorph.io._baysor import write_baysor_layout
+    from stmorph.io._writers_common import defocus_stack
+    from stmorph.io._xenium import write_xenium_layout
+
+    assert datasets.write_baysor_layout is write_baysor_layout and datasets.write_xenium_layout is write_xenium_layout
+    from stmorph.datasets._tissue import defocus_stack as d2
+
+    assert d2 is defocus_stack
 
 
 def test_xenium_layout_roundtrip(tissue, tmp_path):

@@ -70,6 +70,29 @@ def test_write_refuses_overwrite_and_leaves_nothing_half_written(tmp_path, monke
     assert not any(p.name.startswith(".y.stmorph") for p in tmp_path.iterdir())
 
 
+def test_require_returns_the_modality_or_one_wording_of_its_absence():
+    from stmorph.sample import missing_modality
+
+    s = _tiny_sample()
+    assert s.require("molecules") is s.molecules
+    assert s.require("images") is s.images and s.require("images", "DAPI") is s.images["DAPI"]
+    with pytest.raises(StmorphInputError, match="the sample has no segmentation") as e:
+        s.require("segmentation")
+    assert e.value.expected == "sample.segmentation"
+    with pytest.raises(StmorphInputError, match="the sample has no 'membrane' image") as e:
+        s.require("images", "membrane")
+    assert e.value.expected == "sample.images['membrane']"
+    bare = SpatialSample(s.adata)
+    with pytest.raises(StmorphInputError, match="^the sample has no molecule table; spot planes need one"):
+        bare.molecule_index()
+    with pytest.raises(StmorphInputError, match="the sample has no stain images"):
+        bare.require("images")
+    err = missing_modality("segmentation", prefix="masks were asked for but ", expected="masks")
+    assert str(err).startswith("masks were asked for but the sample has no segmentation") and err.expected == "masks"
+    with pytest.raises(ValueError):
+        s.require("labels")  # type: ignore[arg-type]
+
+
 def test_stain_image_stack_z_plane(tmp_path):
     stack = np.stack([np.full((8, 8), i, dtype=np.uint16) for i in range(3)])
     f = tmp_path / "stack.tif"

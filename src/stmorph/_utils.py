@@ -1,15 +1,17 @@
-"""Small shared helpers: random states, torch devices, progress bars, atomic writes."""
+"""Small shared helpers: random states, torch devices, progress bars, JSON-safe values, atomic writes
+(:mod:`stmorph._atomic`, re-exported here)."""
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 import numpy as np
+
+from ._atomic import atomic_dir, atomic_path
 
 T = TypeVar("T")
 
@@ -18,7 +20,9 @@ __all__ = [
     "resolve_device",
     "seed_torch",
     "progress",
+    "atomic_dir",
     "atomic_path",
+    "jsonable",
     "default_num_threads",
 ]
 
@@ -88,26 +92,46 @@ def progress(iterable: Iterable[T], *, desc: str | None = None, total: int | Non
     return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kw)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and move it into place only if the block succeeds.
+def jsonable(obj: Any, *, default: Callable[[Any], Any] = str, finite: bool = False) -> Any:
+    """``obj`` in plain JSON types, recursively: what :func:`json.dumps` writes.
 
-    Nothing half-written is ever left at ``path``: on error the temporary file is removed.
+    Mappings become dicts with string keys, lists and tuples lists, numpy arrays nested lists, numpy scalars
+    Python numbers, paths strings; strings, numbers, booleans and ``None`` stay; anything else goes through
+    ``default``.
+
+    Parameters
+    ----------
+    obj
+        Nested mappings, lists, tuples, numpy values, paths, numbers, strings, None.
+    default
+        Applied to any other object (``str``; ``repr`` for a fingerprint that tells objects apart; ``lambda v: v``
+        to leave them for the caller).
+    finite
+        Non-finite floats (NaN, inf) become ``None`` (strict JSON has no NaN); default kept as they are.
+
+    Returns
+    -------
+    The same structure in JSON types.
 
     Examples
     --------
-    >>> with atomic_path("out.csv") as tmp:  # doctest: +SKIP
-    ...     df.to_csv(tmp)
+    >>> jsonable({"a": np.arange(2), 3: (np.float32(0.5), None, PurePath("x"))})
+    {'a': [0, 1], '3': [0.5, None, 'x']}
+    >>> jsonable([float("nan"), np.inf], finite=True)
+    [None, None]
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v, default=default, finite=finite) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v, default=default, finite=finite) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist(), default=default, finite=finite)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, float) and finite and not math.isfinite(obj):
+        return None
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return default(obj)

@@ -21,22 +21,23 @@ Pixel coordinates are the one coordinate system inside stmorph: readers convert 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_dir
 from ._image import LabelImage, PolygonSegmentation, Segmentation, StainImage
+from ._utils import jsonable
 from .errors import StmorphInputError
 
 __all__ = [
     "StainImage", "LabelImage", "PolygonSegmentation", "SpatialSample", "MoleculeIndex", "LABEL_KEY", "LABEL_ID_KEY",
-    "read_sample", "resolve_channels", "CHANNEL_ROLES",
+    "read_sample", "resolve_channels", "CHANNEL_ROLES", "missing_modality",
 ]
 
 #: Default ``obs`` column for cell-type labels.
@@ -44,6 +45,60 @@ LABEL_KEY = "cell_type"
 #: ``obs`` column with each cell's label value in :attr:`SpatialSample.segmentation` (0 = no mask).
 LABEL_ID_KEY = "label_id"
 _FORMAT_VERSION = 2
+
+#: What :meth:`SpatialSample.require` checks: modality -> (what the message says is missing, default ``expected``).
+_MODALITIES: dict[str, tuple[str, str]] = {
+    "molecules": ("molecule table", "sample.molecules (x, y, gene, cell_id)"),
+    "segmentation": ("segmentation", "sample.segmentation"),
+    "images": ("stain images", "at least one channel in sample.images"),
+}
+
+Modality = Literal["molecules", "segmentation", "images"]
+
+
+def missing_modality(
+    modality: Modality,
+    channel: str | None = None,
+    *,
+    prefix: str = "",
+    suffix: str = "",
+    expected: str | None = None,
+    file: str | PathLike | None = None,
+) -> StmorphInputError:
+    """The error raised when a sample lacks a modality: ``"{prefix}the sample has no {what}{suffix}"``.
+
+    One wording for every consumer (crops, features, writers, the distributed engine); :meth:`SpatialSample.require`
+    raises it. Code holding no :class:`SpatialSample` (a sample folder read lazily) raises it directly.
+
+    Parameters
+    ----------
+    modality
+        ``"molecules"`` (the molecule table), ``"segmentation"`` or ``"images"`` (stain images).
+    channel
+        With ``"images"``: the one channel needed (``"the sample has no 'DAPI' image"``).
+    prefix, suffix
+        Text before / after the sentence (``"masks were asked for but "``, ``"; spot planes need one"``).
+    expected
+        What was expected instead; default per modality (``sample.images['DAPI']`` for a channel).
+    file
+        The file that lacks it, if any.
+
+    Returns
+    -------
+    StmorphInputError
+
+    Examples
+    --------
+    >>> str(missing_modality("molecules", suffix="; spot planes need one", expected="sample.molecules"))
+    'the sample has no molecule table; spot planes need one (expected: sample.molecules)'
+    """
+    if modality not in _MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {list(_MODALITIES)}")
+    what, default = _MODALITIES[modality]
+    if channel is not None:
+        what, default = f"'{channel}' image", f"sample.images['{channel}']"
+    return StmorphInputError(f"{prefix}the sample has no {what}{suffix}", file=file,
+                             expected=default if expected is None else expected)
 
 
 @dataclass(frozen=True)
@@ -140,16 +195,55 @@ class SpatialSample:
 
     def label_ids(self) -> np.ndarray:
         """Each cell's label value in :attr:`segmentation` (``obs["label_id"]``; 0 = no mask), as int64."""
-        if self.segmentation is None:
-            raise StmorphInputError(
-                "this sample has no segmentation", expected="a reader that loads one, or sample.segmentation = ..."
-            )
+        self.require("segmentation", expected="a reader that loads one, or sample.segmentation = ...")
         if LABEL_ID_KEY not in self.adata.obs:
             raise StmorphInputError(
                 f"the sample has a segmentation but no obs['{LABEL_ID_KEY}']", column=LABEL_ID_KEY,
                 expected="each cell's label value in the segmentation",
             )
         return self.adata.obs[LABEL_ID_KEY].to_numpy().astype(np.int64)
+
+    def require(
+        self, modality: Modality, channel: str | None = None, *, prefix: str = "", suffix: str = "",
+        expected: str | None = None,
+    ) -> Any:
+        """The sample's molecules, segmentation, images or one image; a clear error when it has none.
+
+        Parameters
+        ----------
+        modality
+            ``"molecules"``, ``"segmentation"`` or ``"images"``.
+        channel
+            With ``"images"``: the channel needed.
+        prefix, suffix, expected
+            Wording of the error, see :func:`missing_modality`.
+
+        Returns
+        -------
+        :attr:`molecules` (a DataFrame), :attr:`segmentation`, :attr:`images` (a non-empty dict) or
+        ``images[channel]``.
+
+        Raises
+        ------
+        StmorphInputError
+            ``"the sample has no molecule table"`` (``segmentation``, ``stain images``, ``'DAPI' image``).
+
+        Examples
+        --------
+        >>> from stmorph.datasets import demo_tissue  # doctest: +SKIP
+        >>> demo_tissue().require("images", "DAPI").shape  # doctest: +SKIP
+        """
+        if modality == "molecules":
+            value: Any = self.molecules
+        elif modality == "segmentation":
+            value = self.segmentation
+        elif modality == "images":
+            value = self.images.get(channel) if channel is not None else (self.images or None)
+        else:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {list(_MODALITIES)}")
+        if value is None:
+            raise missing_modality(modality, channel, prefix=prefix, suffix=suffix, expected=expected)
+        return value
 
     def copy(self, *, adata: bool = True) -> SpatialSample:
         """A new sample sharing molecules, images and segmentation (``adata`` copied unless ``adata=False``)."""
@@ -212,8 +306,7 @@ class SpatialSample:
         genes
             Gene order of the codes; default the sample's :attr:`gene_names`. Molecules of other genes are dropped.
         """
-        if self.molecules is None:
-            raise StmorphInputError("this sample has no molecule table; spot planes need one", expected="sample.molecules")
+        self.require("molecules", suffix="; spot planes need one", expected="sample.molecules")
         use_cache = genes is None
         if use_cache and self._molecule_index is not None:
             return self._molecule_index
@@ -264,13 +357,8 @@ class SpatialSample:
         import tifffile
 
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        tmp = path.with_name(f".{path.name}.partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "images").mkdir(parents=True)
-        try:
+        with atomic_dir(path, overwrite=overwrite, unique=False) as tmp:
+            (tmp / "images").mkdir()
             self.adata.write_h5ad(tmp / "cells.h5ad")
             if self.molecules is not None:
                 self.molecules.to_parquet(tmp / "molecules.parquet", index=False)
@@ -302,15 +390,9 @@ class SpatialSample:
                 "pixel_size": self.pixel_size,
                 "images": specs,
                 "segmentation": seg_spec,
-                "provenance": _jsonable(self.provenance),
+                "provenance": jsonable(self.provenance),
             }
             (tmp / "sample.json").write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -444,16 +526,3 @@ def read_sample(path: str | PathLike) -> SpatialSample:
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    return str(obj)

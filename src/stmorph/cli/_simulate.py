@@ -40,10 +40,12 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     ) -> None:
         """Simulate a tissue of cell types with expression, morphology, DAPI/membrane images and transcripts."""
-        from ..datasets._tissue import synthetic_tissue, write_baysor_layout, write_xenium_layout
+        from ..datasets._tissue import synthetic_tissue
         from ..errors import StmorphInputError
+        from ..io._baysor import write_baysor_layout
         from ..io._cosmx import write_cosmx_layout
         from ..io._merscope import write_merscope_layout
+        from ..io._xenium import write_xenium_layout
 
         if layout_out not in _LAYOUTS:
             raise StmorphInputError(f"unknown output kind '{layout_out}'", column="--as", expected=f"one of {_LAYOUTS}")

@@ -1,7 +1,8 @@
 """Cell masks inside crops, and crop sizes given in micrometres.
 
 * :func:`crop_masks` - each cell's own segmentation label inside its crop box, read window by window from a
-  :class:`~stmorph.LabelImage`, a :class:`~stmorph.PolygonSegmentation` or a plain array;
+  :class:`~stmorph.LabelImage`, a :class:`~stmorph.PolygonSegmentation` or a plain array
+  (:func:`stmorph.features.crop_label_image` calls it);
 * :func:`resolve_masks` - what a consumer's ``masks=`` argument means (the sample's own segmentation, a label
   image file, an array) and each cell's label in it;
 * :func:`crop_size_px` - one crop-size rule for every consumer (pixels, or micrometres through the sample's pixel
@@ -25,6 +26,13 @@ __all__ = [
 
 #: The value of ``masks=`` that means "the sample's own segmentation".
 SAMPLE_MASKS = "sample"
+
+#: Wording of the error when ``masks=True`` but the sample has no segmentation
+#: (:func:`stmorph.sample.missing_modality`).
+MASKS_NEED_SEGMENTATION: dict[str, str] = {
+    "prefix": "masks were asked for but ",
+    "expected": "a sample read with its segmentation (stmorph read ...), or a label image file as masks",
+}
 
 
 def crop_masks(
@@ -103,12 +111,7 @@ def resolve_masks(sample: Any, masks: Any, mask_ids: Any = None) -> tuple[Segmen
     if masks is None or masks is False:
         return None
     if masks is True or (isinstance(masks, str) and masks == SAMPLE_MASKS):
-        if sample.segmentation is None:
-            raise StmorphInputError(
-                "masks were asked for but the sample has no segmentation", expected="a sample read with its "
-                "segmentation (stmorph read ...), or a label image file as masks",
-            )
-        seg: Segmentation = sample.segmentation
+        seg: Segmentation = sample.require("segmentation", **MASKS_NEED_SEGMENTATION)
     elif isinstance(masks, LabelImage | PolygonSegmentation):
         seg = masks
     elif isinstance(masks, str | PathLike):

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_path
+from .._utils import jsonable
 from ..errors import StmorphInputError
-from ._engine import TileTask, _jsonable
+from ._engine import TileTask
 from ._plan import tile_windows
 from ._source import SampleSource, file_stamp, open_image, read_window
 
@@ -93,9 +94,8 @@ def channel_ranges(
             out[i] = (min(v[0] for v in vals), max(v[1] for v in vals))
             cache[keys[i]] = list(out[i])  # type: ignore[arg-type]
         if cache_file is not None:
-            tmp = cache_file.with_name(f".ranges.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, cache_file)
+            with atomic_path(cache_file) as tmp:
+                tmp.write_text(json.dumps(cache, indent=1))
     return [tuple(v) for v in out]  # type: ignore[misc]
 
 
@@ -159,9 +159,8 @@ def write_polygon_inputs(source: SampleSource, pending: pd.DataFrame, inputs_dir
             continue
         hit = tree.query(shapely.box(row.wc0 - 0.5, row.wr0 - 0.5, row.wc1 - 0.5, row.wr1 - 0.5))
         sub = v[v["label_id"].isin(np.unique(labels[hit]))]
-        tmp = f.with_name(f".{f.name}.{uuid.uuid4().hex[:8]}.tmp")
-        sub.to_parquet(tmp, index=False)
-        os.replace(tmp, f)
+        with atomic_path(f, suffix=".parquet") as tmp:
+            sub.to_parquet(tmp, index=False)
 
 
 def tile_masks(task: TileTask, seg_spec: dict[str, Any] | None) -> Any:
@@ -191,4 +190,5 @@ def window_stains(task: TileTask, specs: Sequence[dict[str, Any]]) -> tuple[list
 
 
 def params_json(params: dict[str, Any]) -> dict[str, Any]:
-    return _jsonable(params)
+    """The JSON form of a run's parameters, as its fingerprint sees them."""
+    return jsonable(params, default=repr)

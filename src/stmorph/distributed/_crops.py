@@ -10,7 +10,6 @@ transcript-spot planes; it writes them to one zarr group per tile (``tiles/tile_
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_path
 from ..errors import StmorphInputError
 from ._common import (
     array_hash,
@@ -238,9 +238,8 @@ def write_crops(
             "crop_size": size, "normalize": normalize, "edge": edge, "ranges": ranges,
             "mask_stains": bool(mask_stains), "cell_ids": list(map(str, src.cell_ids)),
             "summary": run.summary()}
-    tmp = out / f".{STORE_META}.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, out / STORE_META)
+    with atomic_path(out / STORE_META) as tmp:
+        tmp.write_text(json.dumps(meta))
     return CropStore(out, run)
 
 

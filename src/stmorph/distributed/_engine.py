@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_path
+from .._utils import jsonable
 from ..errors import StmorphInputError
 
 __all__ = [
@@ -270,25 +272,9 @@ def _process_memory() -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # manifest
 # ---------------------------------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    return repr(obj)
-
-
 def fingerprint(params: Mapping[str, Any]) -> str:
     """SHA-1 of the JSON form of a run's parameters."""
-    return hashlib.sha1(json.dumps(_jsonable(params), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha1(json.dumps(jsonable(params, default=repr), sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(out_dir: str | PathLike) -> tuple[dict[str, Any] | None, pd.DataFrame]:
@@ -326,15 +312,14 @@ def read_manifest(out_dir: str | PathLike) -> tuple[dict[str, Any] | None, pd.Da
 
 def _append_done(out_dir: Path, rec: dict[str, Any]) -> None:
     with open(out_dir / DONE_FILE, "a") as f:
-        f.write(json.dumps(_jsonable(rec)) + "\n")
+        f.write(json.dumps(jsonable(rec, default=repr)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(jsonable(obj, default=repr), indent=2))
 
 
 def _prepare_out_dir(
@@ -385,15 +370,13 @@ def _write_result(result: Any, out_dir: Path, task: TileTask) -> str:
     """Move a task's result into place atomically; returns the relative file name."""
     if isinstance(result, pd.DataFrame):
         rel = tile_file(task.tile, ".parquet")
-        tmp = Path(task.tmp_dir or out_dir) / "result.parquet"
-        result.to_parquet(tmp)
-        os.replace(tmp, out_dir / rel)
+        with atomic_path(out_dir / rel, suffix=".parquet") as tmp:
+            result.to_parquet(tmp)
         return rel
     if isinstance(result, Mapping):
         rel = tile_file(task.tile, ".npz")
-        tmp = Path(task.tmp_dir or out_dir) / "result.npz"
-        np.savez(tmp, **{k: np.asarray(v) for k, v in result.items()})
-        os.replace(tmp, out_dir / rel)
+        with atomic_path(out_dir / rel, suffix=".npz") as tmp:
+            np.savez(tmp, **{k: np.asarray(v) for k, v in result.items()})
         return rel
     if isinstance(result, str | PathLike):
         src = Path(result)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StmorphInputError
+from ..sample import missing_modality
 from ._common import (
     array_hash,
     channel_scales,
@@ -203,7 +204,7 @@ def cellprofiler_features(
         src = SampleSource.resolve(sample, inputs)
         chans = list(src.channels if channels is None else channels)
         if not chans:
-            raise StmorphInputError("the sample has no stain images", expected="at least one channel in sample.images")
+            raise missing_modality("images")
         specs = src.channel_specs(chans)
         if otsu_channels == ("DAPI",):
             otsu = [c for c in otsu_channels if c in chans]

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_path
 from .._image import LabelImage, PolygonSegmentation, StainImage
 from ..errors import StmorphInputError
+from ..sample import missing_modality
 
 __all__ = ["SampleSource", "open_image", "image_spec"]
 
@@ -38,10 +40,8 @@ def _write_tiff(arr: np.ndarray, folder: Path, stem: str) -> Path:
     digest = hashlib.sha1(arr.view(np.uint8).reshape(-1)).hexdigest()[:12]
     path = folder / f"{_safe(stem)}-{arr.dtype.str.strip('<>|=')}-{digest}.tif"
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tifffile.imwrite(tmp, arr)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, arr)
     return path
 
 
@@ -253,16 +253,14 @@ class SampleSource:
         ``(spec, ids)`` or ``None`` when no masks are asked for. ``spec["kind"]`` is ``"raster"`` or ``"polygons"``.
         """
         from ..crops import SAMPLE_MASKS
+        from ..crops._masks import MASKS_NEED_SEGMENTATION
 
         if masks is None or masks is False:
             return None
         inputs = None if inputs_dir is None else Path(inputs_dir)
         if masks is True or (isinstance(masks, str) and masks == SAMPLE_MASKS):
             if self.segmentation_spec is None:
-                raise StmorphInputError(
-                    "masks were asked for but the sample has no segmentation", expected="a sample read with its "
-                    "segmentation (stmorph read ...), or a label image file as masks",
-                )
+                raise missing_modality("segmentation", **MASKS_NEED_SEGMENTATION)
             spec = self.segmentation_spec
         elif isinstance(masks, PolygonSegmentation):
             self._polygons = masks
@@ -314,18 +312,15 @@ class SampleSource:
     def molecule_batches(self, batch_size: int = 4_000_000) -> Iterator[pd.DataFrame]:
         """The molecule table (``x, y, gene, cell_id``) in row batches, streamed from ``molecules.parquet``."""
         if self.sample is not None:
-            if self.sample.molecules is None:
-                raise StmorphInputError("the sample has no molecule table; spot planes need one",
-                                        expected="sample.molecules")
-            yield self.sample.molecules[["x", "y", "gene", "cell_id"]]
+            mol = self.sample.require("molecules", suffix="; spot planes need one", expected="sample.molecules")
+            yield mol[["x", "y", "gene", "cell_id"]]
             return
         import pyarrow.parquet as pq
 
         assert self.folder is not None
         f = self.folder / "molecules.parquet"
         if not f.exists():
-            raise StmorphInputError("the sample has no molecule table; spot planes need one", file=f,
-                                    expected="molecules.parquet")
+            raise missing_modality("molecules", suffix="; spot planes need one", expected="molecules.parquet", file=f)
         pf = pq.ParquetFile(f)
         for batch in pf.iter_batches(batch_size=batch_size, columns=["x", "y", "gene", "cell_id"]):
             yield batch.to_pandas()

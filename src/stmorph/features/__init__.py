@@ -5,14 +5,12 @@ from ._cellprofiler import (
     DEFAULT_MODULES,
     DEFAULT_PARAMS,
     cellprofiler_features,
-    crop_label_image,
-    image_quality,
     measure_crop,
     measure_crops,
-    otsu_binary,
-    rasterize_polygons,
 )
 from ._cnn import SmallResNet, cnn_features, extract_cnn_features, load_cnn
+from ._masks import crop_label_image, rasterize_polygons
+from ._quality import image_quality, otsu_binary
 from ._selection import DEFAULT_BLOCKLIST, select_features
 
 __all__ = [

@@ -4,8 +4,8 @@ The Moser et al. baseline: CellProfiler modules on a square crop around each cel
 whole crop), on DAPI, membrane and an Otsu-thresholded DAPI channel:
 
 * image quality - focus (normalised variance, local focus), power-spectrum slope, saturation (percent
-  maximal / minimal), Otsu threshold (:func:`image_quality`, written here: cp-measure has no
-  MeasureImageQuality);
+  maximal / minimal), Otsu threshold (:func:`~stmorph.features.image_quality`, in
+  :mod:`stmorph.features._quality`: cp-measure has no MeasureImageQuality);
 * object intensity (``cp_measure`` ``intensity``);
 * intensity distribution in 8 radial bins (``radial_distribution``, ``bin_count=8``);
 * Haralick texture at scale 3 with 256 grey levels (``texture``);
@@ -39,18 +39,16 @@ import pandas as pd
 from .._threads import resolve_n_jobs
 from .._utils import progress
 from ..errors import StmorphInputError
+from ..sample import missing_modality
+from ._quality import image_quality, otsu_binary
 
 __all__ = [
     "DEFAULT_MODULES",
     "ALL_MODULES",
     "DEFAULT_PARAMS",
-    "image_quality",
     "measure_crop",
     "measure_crops",
-    "otsu_binary",
     "cellprofiler_features",
-    "crop_label_image",
-    "rasterize_polygons",
 ]
 
 #: Modules of the Moser et al. CellProfiler baseline.
@@ -73,120 +71,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 ENGINES: tuple[str, ...] = ("fast", "cp_measure")
 
 _PREFIX = {"texture": "Texture_", "granularity": "", "intensity": "", "radial_distribution": "", "sizeshape": "AreaShape_"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# image quality (MeasureImageQuality is not in cp-measure)
-# ---------------------------------------------------------------------------------------------------------------
-def _power_loglog_slope(img: np.ndarray) -> float:
-    """Slope of log(radial power) against log(spatial frequency), as CellProfiler's PowerLogLogSlope.
-
-    ``centrosome.radial_power_spectrum.rps`` computes the same radial power spectrum but calls
-    ``ndarray.ptp``, which numpy 2 removed; this is the same computation over numpy 2 API.
-    """
-    h, w = img.shape
-    maxwidth = min(h, w) / 8.0
-    radii_used = np.arange(2, int(np.floor(maxwidth)))
-    if radii_used.size < 2:
-        return float("nan")
-    x = img.astype(np.float64)
-    if np.ptp(x) > 0:
-        mad = np.median(np.abs(x - x.mean()))
-        if mad > 0:
-            x = x / mad
-    power = np.abs(np.fft.fft2(x - x.mean())) ** 2
-    r2 = np.arange(h)[:, None] ** 2 + np.arange(w)[None, :] ** 2
-    r2 = np.minimum(r2, np.flipud(r2))
-    r2 = np.minimum(r2, np.fliplr(r2))
-    radii = np.floor(np.sqrt(r2)).astype(np.int64) + 1
-    sums = np.bincount(radii.ravel(), weights=power.ravel(), minlength=int(radii_used.max()) + 1)[radii_used]
-    ok = sums > 0
-    if ok.sum() < 2:
-        return float("nan")
-    slope = np.polyfit(np.log(radii_used[ok]), np.log(sums[ok]), 1)[0]
-    return float(slope)
-
-
-def image_quality(image: np.ndarray, *, local_scale: int = 20) -> dict[str, float]:
-    """Image-quality measurements of one 2-D image (CellProfiler MeasureImageQuality, per crop).
-
-    Parameters
-    ----------
-    image
-        2-D float image, intensities in ``[0, 1]``.
-    local_scale
-        Side in pixels of the non-overlapping windows of the local focus score.
-
-    Returns
-    -------
-    dict
-        ``ImageQuality_FocusScore`` (variance / mean of the image, NaN for an all-zero image),
-        ``ImageQuality_LocalFocusScore`` (mean of the per-window focus scores over windows with a non-zero
-        mean), ``ImageQuality_PowerLogLogSlope``, ``ImageQuality_PercentMaximal`` /
-        ``ImageQuality_PercentMinimal`` (percent of pixels at the image maximum / minimum: saturation) and
-        ``ImageQuality_ThresholdOtsu`` (:func:`skimage.filters.threshold_otsu`; NaN for a constant image).
-
-    Examples
-    --------
-    >>> img = np.zeros((40, 40)); img[:20] = 0.5
-    >>> q = image_quality(img)
-    >>> q["ImageQuality_PercentMaximal"], q["ImageQuality_FocusScore"]
-    (50.0, 0.25)
-    """
-    from skimage.filters import threshold_otsu
-
-    x = np.asarray(image, dtype=np.float64)
-    if x.ndim != 2:
-        raise StmorphInputError(f"image_quality needs a 2-D image, got shape {x.shape}", expected="(rows, columns)")
-    mean = x.mean()
-    focus = float(x.var() / mean) if mean > 0 else float("nan")
-    s = max(2, int(local_scale))
-    h, w = (x.shape[0] // s) * s, (x.shape[1] // s) * s
-    local = float("nan")
-    if h and w:
-        tiles = x[:h, :w].reshape(h // s, s, w // s, s).swapaxes(1, 2).reshape(-1, s * s)
-        tm = tiles.mean(axis=1)
-        ok = tm > 0
-        if ok.any():
-            local = float(np.mean(tiles[ok].var(axis=1) / tm[ok]))
-    lo, hi = x.min(), x.max()
-    otsu = float(threshold_otsu(x)) if hi > lo else float("nan")
-    return {
-        "ImageQuality_FocusScore": focus,
-        "ImageQuality_LocalFocusScore": local,
-        "ImageQuality_PowerLogLogSlope": _power_loglog_slope(x),
-        "ImageQuality_PercentMaximal": float(100.0 * np.mean(x == hi)),
-        "ImageQuality_PercentMinimal": float(100.0 * np.mean(x == lo)),
-        "ImageQuality_ThresholdOtsu": otsu,
-    }
-
-
-def otsu_binary(image: np.ndarray) -> np.ndarray:
-    """Binary image ``image > Otsu threshold`` as float32 (0/1), as CellProfiler's Threshold module output.
-
-    A constant image gives all zeros.
-
-    Parameters
-    ----------
-    image
-        2-D image.
-
-    Returns
-    -------
-    float32 array of 0 and 1, same shape.
-
-    Examples
-    --------
-    >>> img = np.zeros((4, 4)); img[1:3, 1:3] = 1.0
-    >>> int(otsu_binary(img).sum())
-    4
-    """
-    from skimage.filters import threshold_otsu
-
-    x = np.asarray(image)
-    if x.max() <= x.min():
-        return np.zeros(x.shape, dtype=np.float32)
-    return (x > threshold_otsu(x)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -563,64 +447,12 @@ def measure_crops(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# masks
-# ---------------------------------------------------------------------------------------------------------------
-def crop_label_image(label_image: np.ndarray, boxes: np.ndarray, size: int, ids: np.ndarray) -> np.ndarray:
-    """Binary masks of each cell's own label inside its crop box; see :func:`stmorph.crops.crop_masks`.
-
-    Examples
-    --------
-    >>> lab = np.zeros((10, 10), int); lab[2:5, 2:5] = 7
-    >>> int(crop_label_image(lab, np.array([[0, 0]]), 6, np.array([7]))[0].sum())
-    9
-    """
-    from ..crops import crop_masks
-
-    return crop_masks(label_image, boxes, size, ids)
-
-
-def rasterize_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise cell polygons (Xenium/MERSCOPE boundaries, pixel ``[x, y]`` vertices) to a label image.
-
-    Polygon ``i`` gets label ``i + 1``; where polygons overlap, the later one wins.
-
-    Parameters
-    ----------
-    polygons
-        One ``(k, 2)`` array of ``[x, y]`` pixel vertices per cell.
-    shape
-        ``(rows, columns)`` of the label image.
-
-    Returns
-    -------
-    ``(rows, columns)`` int32 label image.
-
-    Examples
-    --------
-    >>> sq = np.array([[1, 1], [4, 1], [4, 4], [1, 4]], float)
-    >>> int((rasterize_polygons([sq], (6, 6)) == 1).sum())  # vertices on pixel centres 1..4, inclusive
-    16
-    """
-    from skimage.draw import polygon as draw_polygon
-
-    out = np.zeros(tuple(int(s) for s in shape), dtype=np.int32)
-    for i, poly in enumerate(polygons):
-        p = np.asarray(poly, dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != 2 or len(p) < 3:
-            raise StmorphInputError(f"polygon {i} has shape {p.shape}", expected="(k >= 3, 2) [x, y] vertices")
-        rr, cc = draw_polygon(p[:, 1], p[:, 0], shape=out.shape)
-        out[rr, cc] = i + 1
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # SpatialSample wrapper
 # ---------------------------------------------------------------------------------------------------------------
-def _crop_functions():
-    try:
-        from ..crops import crop_boxes, crop_stains
-    except ImportError:  # the namespace may not export them yet
-        from ..crops._stains import crop_boxes, crop_stains
+def _crop_functions() -> tuple[Any, Any]:
+    """:func:`stmorph.crops.crop_boxes` and :func:`stmorph.crops.crop_stains` (imported late: crops imports torch)."""
+    from ..crops import crop_boxes, crop_stains
+
     return crop_boxes, crop_stains
 
 
@@ -821,7 +653,7 @@ def cellprofiler_features(
         sample = sample.copy()
     chans = list(sample.channel_names if channels is None else channels)
     if not chans:
-        raise StmorphInputError("the sample has no stain images", expected="at least one channel in sample.images")
+        raise missing_modality("images")
     missing = [c for c in chans if c not in sample.images]
     if missing:
         raise StmorphInputError(f"channels {missing} not in the sample", expected=f"some of {sample.channel_names}")

@@ -1,4 +1,7 @@
-"""Reader of a Baysor segmentation folder (the seed study's MERFISH ileum layout)."""
+"""Reader of a Baysor segmentation folder (the seed study's MERFISH ileum layout), and its writer.
+
+:func:`write_baysor_layout` writes a sample (the synthetic tissue) in the layout :func:`read_baysor` reads.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_dir
 from ..errors import StmorphInputError
 from ..sample import SpatialSample
 from ._common import (
@@ -22,6 +26,8 @@ from ._common import (
     drop_nan_centroids,
     drop_nan_coordinates,
     find_file,
+    finish_sample,
+    label_series,
     make_molecules,
     normalize_ids,
     open_stack,
@@ -31,8 +37,9 @@ from ._common import (
     restrict_genes,
     to_bool,
 )
+from ._writers_common import cell_positions, defocus_stack, int_counts, z_planes_of
 
-__all__ = ["read_baysor", "detect_baysor"]
+__all__ = ["read_baysor", "detect_baysor", "write_baysor_layout"]
 
 _SEGMENTATION = "segmentation.csv"
 _STATS = "segmentation_cell_stats.csv"
@@ -216,12 +223,9 @@ def read_baysor(
         lt = read_table(lab_file, dtype={"cell": "string"})
         id_col = "cell" if "cell" in lt.columns else lt.columns[0]
         require_columns(lt, [id_col, label_column], file=lab_file)
-        lab = pd.Series(lt[label_column].to_numpy(), index=pd.Index(normalize_ids(lt[id_col]).astype(object)))
-        lab = lab[lab.index.notna()]
-        adata = apply_labels(adata, lab, report, file=lab_file, exclude_labels=exclude_labels)
+        adata = apply_labels(adata, label_series(lt[label_column], lt[id_col]), report, file=lab_file,
+                             exclude_labels=exclude_labels, molecules=mol)
         files["labels"] = str(lab_file)
-        # molecules of dropped cells become unassigned
-        mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
     adata = restrict_genes(adata, genes, file=counts_file or seg_file)
 
     # -- images ------------------------------------------------------------------------------------------
@@ -245,13 +249,142 @@ def read_baysor(
         "files": files,
         "z": z_used,
         "exclude_labels": list(exclude_labels),
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_molecules": int(len(mol)),
-        "report": report.as_dict(),
     }
-    return SpatialSample(adata, mol.reset_index(drop=True), images, pixel_size, name or folder.name, prov)
+    return finish_sample(adata, mol.reset_index(drop=True), images, pixel_size, name or folder.name, prov, report)
 
 
 def _s(p: Path | None) -> str | None:
     return None if p is None else str(p)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writer (the layout above, from a sample: the synthetic tissue as a Baysor folder)
+# ---------------------------------------------------------------------------------------------------------
+def _elongation(x: np.ndarray, y: np.ndarray, cell: np.ndarray, n: int) -> np.ndarray:
+    """Ratio of the principal axes' variances of each cell's molecule cloud."""
+    cnt = np.bincount(cell, minlength=n).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = np.bincount(cell, x, n) / cnt
+        my = np.bincount(cell, y, n) / cnt
+        dx, dy = x - mx[cell], y - my[cell]
+        sxx = np.bincount(cell, dx * dx, n) / cnt
+        syy = np.bincount(cell, dy * dy, n) / cnt
+        sxy = np.bincount(cell, dx * dy, n) / cnt
+        tr, det = sxx + syy, sxx * syy - sxy**2
+        disc = np.sqrt(np.maximum(tr**2 / 4 - det, 0))
+        l1, l2 = tr / 2 + disc, tr / 2 - disc
+        el = l1 / l2
+    el[(cnt < 3) | ~np.isfinite(el)] = np.nan
+    return el
+
+
+def write_baysor_layout(
+    sample: SpatialSample,
+    out_dir: str | PathLike,
+    *,
+    z_planes: int | None = None,
+    label_key: str = "cell_type",
+    removed_fraction: float = 0.03,
+    noise_fraction: float = 0.01,
+    overwrite: bool = False,
+    random_state: int = 0,
+) -> Path:
+    """Write a sample as a Baysor/MERFISH segmentation folder, the layout of the seed study.
+
+    Files: ``segmentation.csv`` (``x, y, z, gene, cell, is_noise``; ``cell`` is the 1-based row of the cell
+    in ``adata``, 0 = unassigned; extra noise rows have ``is_noise`` true and cell 0),
+    ``segmentation_cell_stats.csv`` (``cell, x, y, n_transcripts, density, elongation, area,
+    avg_confidence``), ``segmentation_counts.tsv`` (genes x cells, first column ``gene``),
+    ``cell_assignment.csv`` (``cell, leiden_final``, with ~3 % ``"Removed"``), ``dapi_stack.tif`` and
+    ``membrane_stack.tif`` ((Z, H, W) uint16; the middle plane ``Z // 2`` is the sample's image, the others
+    defocused, see :func:`~stmorph.io._writers_common.defocus_stack`). Coordinates are pixels, ``z`` micrometres.
+
+    Parameters
+    ----------
+    sample
+        The sample (a :func:`~stmorph.datasets.synthetic_tissue` or any sample with molecules and DAPI/membrane
+        images).
+    out_dir
+        Folder to create.
+    z_planes
+        Planes of the stacks; default the sample's ``uns["synthetic_tissue"]["params"]["z_planes"]`` or 3.
+    label_key
+        ``obs`` column written as ``leiden_final``.
+    removed_fraction
+        Fraction of cells labelled ``"Removed"`` (as the study excluded cells).
+    noise_fraction
+        Extra noise rows (``is_noise`` true), as a fraction of the molecules.
+    overwrite
+        Replace an existing folder.
+    random_state
+        Seed for the removed cells, noise rows and confidences.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder written.
+
+    Examples
+    --------
+    >>> from stmorph.datasets import synthetic_tissue, write_baysor_layout
+    >>> write_baysor_layout(synthetic_tissue(n_cells=50, n_types=4), "baysor_dir")  # doctest: +SKIP
+    """
+    import tifffile
+
+    mol = sample.require("molecules")
+    rng = np.random.default_rng(random_state)
+    n = sample.n_cells
+    zp = z_planes_of(sample, z_planes)
+    pos = cell_positions(sample, mol)
+    x = mol["x"].to_numpy(np.float64)
+    y = mol["y"].to_numpy(np.float64)
+    z = mol["z"].to_numpy(np.float64) if "z" in mol else np.zeros(len(mol))
+    seg = pd.DataFrame({"x": x, "y": y, "z": z, "gene": mol["gene"].astype(str).to_numpy(),
+                        "cell": pos + 1, "is_noise": np.zeros(len(mol), dtype=bool)})
+    n_noise = int(round(noise_fraction * len(mol)))
+    if n_noise:
+        H, W = sample.images["DAPI"].shape if "DAPI" in sample.images else (y.max() + 1, x.max() + 1)
+        genes = np.asarray(sample.gene_names)
+        noise = pd.DataFrame({
+            "x": rng.uniform(-0.5, W - 0.5, n_noise), "y": rng.uniform(-0.5, H - 0.5, n_noise),
+            "z": rng.uniform(z.min(), z.max() + 1e-9, n_noise) if len(z) else np.zeros(n_noise),
+            "gene": genes[rng.integers(0, len(genes), n_noise)], "cell": 0,
+            "is_noise": np.ones(n_noise, dtype=bool),
+        })
+        seg = pd.concat([seg, noise], ignore_index=True)
+    assigned = pos >= 0
+    counts = int_counts(sample)
+    area = (sample.adata.obs["cell_area"].to_numpy(np.float64) if "cell_area" in sample.adata.obs
+            else np.full(n, np.nan))
+    n_tx = counts.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        density = n_tx / area
+    stats = pd.DataFrame({
+        "cell": np.arange(1, n + 1),
+        "x": sample.centroids[:, 0],
+        "y": sample.centroids[:, 1],
+        "n_transcripts": n_tx,
+        "density": density,
+        "elongation": _elongation(x[assigned], y[assigned], pos[assigned], n),
+        "area": area,
+        "avg_confidence": np.round(rng.uniform(0.8, 1.0, n), 4),
+    })
+    counts_df = pd.DataFrame(counts.T, columns=[str(i) for i in range(1, n + 1)])
+    counts_df.insert(0, "gene", sample.gene_names)
+    labels = (sample.adata.obs[label_key].astype(str).to_numpy(object) if label_key in sample.adata.obs
+              else np.full(n, "unknown", dtype=object))
+    labels = labels.copy()
+    n_removed = int(round(removed_fraction * n))
+    if n_removed:
+        labels[rng.choice(n, n_removed, replace=False)] = "Removed"
+    assign = pd.DataFrame({"cell": np.arange(1, n + 1), "leiden_final": labels})
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        seg["is_noise"] = np.where(seg["is_noise"].to_numpy(), "true", "false")
+        seg.to_csv(tmp / "segmentation.csv", index=False)
+        stats.to_csv(tmp / "segmentation_cell_stats.csv", index=False)
+        counts_df.to_csv(tmp / "segmentation_counts.tsv", sep="\t", index=False)
+        assign.to_csv(tmp / "cell_assignment.csv", index=False)
+        for ch, fname in (("DAPI", "dapi_stack.tif"), ("membrane", "membrane_stack.tif")):
+            if ch in sample.images:
+                tifffile.imwrite(tmp / fname, defocus_stack(sample.images[ch].read(), zp))
+    return Path(out_dir)

@@ -1,4 +1,5 @@
-"""Shared helpers of the readers: table loading, id normalisation, counts from molecules, reports."""
+"""Shared helpers of the readers: table loading, id normalisation, counts from molecules, labels, reports, and the
+sample every reader ends with (:func:`finish_sample`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._image import Segmentation
 from ..errors import StmorphInputError
-from ..sample import LABEL_KEY, StainImage
+from ..sample import LABEL_ID_KEY, LABEL_KEY, SpatialSample, StainImage
 
 logger = logging.getLogger("stmorph.io")
 
@@ -314,6 +316,16 @@ def build_adata(
     return a
 
 
+def label_series(values: pd.Series | np.ndarray, ids: pd.Series | Sequence[Any]) -> pd.Series:
+    """A label table's labels indexed by its cell ids, normalised (:func:`normalize_ids`; no id -> ``<NA>``)."""
+    return pd.Series(np.asarray(values), index=pd.Index(normalize_ids(ids).astype(object)))
+
+
+def unassign_dropped_cells(mol: pd.DataFrame, adata: ad.AnnData) -> None:
+    """Molecules of cells that are no longer in ``adata`` become unassigned (``cell_id`` ``<NA>``), in place."""
+    mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
+
+
 def apply_labels(
     adata: ad.AnnData,
     labels: pd.Series,
@@ -322,8 +334,14 @@ def apply_labels(
     file: str | PathLike,
     exclude_labels: Sequence[str],
     key: str = LABEL_KEY,
+    molecules: pd.DataFrame | None = None,
 ) -> ad.AnnData:
-    """Join ``labels`` (index = cell id) into ``obs[key]``; keep the intersection, drop excluded labels (reported)."""
+    """Join ``labels`` (index = cell id) into ``obs[key]``; keep the intersection, drop excluded labels (reported).
+
+    Labels without a cell id are ignored. With ``molecules``, the molecules of the cells dropped here become
+    unassigned (in place).
+    """
+    labels = labels[labels.index.notna()]
     labels = labels[~labels.index.duplicated(keep="first")]
     common = adata.obs_names.intersection(labels.index, sort=False)
     if len(common) == 0:
@@ -349,7 +367,45 @@ def apply_labels(
     kept = common[keep]
     out = adata[kept].copy()
     out.obs[key] = pd.Categorical(lab[keep].astype(object).to_numpy())
+    if molecules is not None:
+        unassign_dropped_cells(molecules, out)
     return out
+
+
+def set_label_ids(adata: ad.AnnData, label_ids: np.ndarray, report: Report, *, no_mask: str) -> None:
+    """Store each cell's label in the segmentation (``obs["label_id"]``, 0 = no mask); count the cells without one.
+
+    ``no_mask`` says what those cells lack, for the report: ``"{n} cells have no {no_mask} (label_id 0)"``.
+    """
+    adata.obs[LABEL_ID_KEY] = label_ids
+    n = int((np.asarray(label_ids) == 0).sum())
+    report.warn("cells_without_mask", n, f"{n} cells have no {no_mask} (label_id 0)")
+
+
+def finish_sample(
+    adata: ad.AnnData,
+    molecules: pd.DataFrame | None,
+    images: dict[str, StainImage],
+    pixel_size: float | None,
+    name: str,
+    provenance: dict[str, Any],
+    report: Report,
+    segmentation: Segmentation | None = None,
+    *,
+    count_molecules: bool = True,
+) -> SpatialSample:
+    """The reader's :class:`~stmorph.SpatialSample`, its provenance closed with the sizes and the report.
+
+    ``provenance`` (reader, path, files, options) gets ``n_cells``, ``n_genes``, ``n_molecules`` (unless
+    ``count_molecules`` is false: a reader of per-cell tables only) and ``report`` (:meth:`Report.as_dict`).
+    """
+    prov = dict(provenance)
+    prov["n_cells"] = int(adata.n_obs)
+    prov["n_genes"] = int(adata.n_vars)
+    if count_molecules:
+        prov["n_molecules"] = 0 if molecules is None else int(len(molecules))
+    prov["report"] = report.as_dict()
+    return SpatialSample(adata, molecules, images, pixel_size, name, prov, segmentation)
 
 
 def drop_nan_centroids(adata: ad.AnnData, report: Report, *, file: str | PathLike) -> ad.AnnData:
@@ -415,6 +471,3 @@ def plane_shape(path: Path) -> tuple[int, int]:
     shape = image_shape(path)
     return (shape[-2], shape[-1])
 
-
-def jsonable_list(v: Iterable[Any]) -> list[Any]:
-    return [x.item() if isinstance(x, np.generic) else x for x in v]

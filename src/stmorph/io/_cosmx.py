@@ -88,6 +88,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._atomic import atomic_dir
 from .._image import LabelImage, StainImage, image_axes, open_channels
 from ..errors import StmorphInputError
 from ..sample import LABEL_ID_KEY, SpatialSample
@@ -103,14 +104,18 @@ from ._common import (
     drop_nan_centroids,
     finalize_matrix,
     find_file,
+    finish_sample,
     is_control,
+    label_series,
     make_molecules,
     normalize_ids,
     read_table,
     require_columns,
     restrict_genes,
+    set_label_ids,
     unassign_unknown_cells,
 )
+from ._writers_common import cell_positions
 
 __all__ = [
     "read_cosmx",
@@ -710,9 +715,7 @@ def _stitch(
         seg = LabelImage(lab) if lab is not None else None
         imgs = {n: StainImage(a) for n, a in outs.items()}
         return seg, imgs, offsets, present, info
-    from ..datasets._tissue import _AtomicDir
-
-    with _AtomicDir(stitch_dir, True) as tmp:
+    with atomic_dir(stitch_dir, overwrite=True) as tmp:
         _, _, offsets, present = run(tmp)
     seg = LabelImage(stitch_dir / "labels.tif") if label_files else None
     imgs = {n: StainImage(stitch_dir / fname[n]) for n, _ in layers}
@@ -1074,17 +1077,13 @@ def read_cosmx(
                     continue
                 has = np.isin(cc[sel], present[int(f)])
                 lab_id[np.flatnonzero(sel)[has]] = cc[sel][has] + offsets[int(f)]
-            adata.obs[LABEL_ID_KEY] = lab_id
-            n_nomask = int((lab_id == 0).sum())
-            report.warn("cells_without_mask", n_nomask, f"{n_nomask} cells have no pixel in their FOV's CellLabels image "
-                        "(label_id 0)")
+            set_label_ids(adata, lab_id, report, no_mask="pixel in their FOV's CellLabels image")
 
     # -- labels, genes -----------------------------------------------------------------------------------------
     if labels is not None:
         lab = _read_labels(labels, root, tables, meta, label_column, meta_file)
         adata = apply_labels(adata, lab, report, file=meta_file if str(labels) == "metadata" else Path(str(labels)),
-                             exclude_labels=exclude_labels)
-        mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
+                             exclude_labels=exclude_labels, molecules=mol)
         files["labels"] = str(labels)
     adata = restrict_genes(adata, genes, file=expr_file or tx_file)
 
@@ -1108,12 +1107,8 @@ def read_cosmx(
                                         "top_global_px": float(r.top)} for f, r in pl.iterrows()},
         "label_offsets": {str(k): int(v) for k, v in offsets.items()},
         "stitching": stitch_info,
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_molecules": int(len(mol)),
-        "report": report.as_dict(),
     }
-    return SpatialSample(adata, mol, imgs, ps, name or ds or root.name, prov, seg)
+    return finish_sample(adata, mol, imgs, ps, name or ds or root.name, prov, report, seg)
 
 
 def _default_stitch_dir(root: Path, report: Report) -> Path:
@@ -1163,8 +1158,7 @@ def _read_labels(labels: str | PathLike, root: Path, tables: Path, meta: pd.Data
             raise StmorphInputError("the label table has no cell id column", file=lfile,
                                     expected="fov + cell_ID columns, or a first column of '<fov>_<cell_ID>' ids")
         ids = normalize_ids(lt[id_col])
-    lab = pd.Series(lt[label_column].to_numpy(), index=pd.Index(ids.astype(object)))
-    return lab[lab.index.notna()]
+    return label_series(lt[label_column], ids)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1252,16 +1246,11 @@ def write_cosmx_layout(
     import tifffile
     from PIL import Image
 
-    from ..datasets._tissue import _AtomicDir
-
     if version not in ("atomx", "legacy"):
         raise StmorphInputError(f"version={version!r}", column="version", expected="'atomx' or 'legacy'")
-    if sample.molecules is None:
-        raise StmorphInputError("the sample has no molecule table", expected="sample.molecules (x, y, gene, cell_id)")
-    if sample.segmentation is None:
-        raise StmorphInputError("the sample has no segmentation", expected="sample.segmentation (a label image)")
-    if "DAPI" not in sample.images:
-        raise StmorphInputError("the sample has no 'DAPI' image", expected="sample.images['DAPI']")
+    sample.require("molecules")
+    sample.require("segmentation", expected="sample.segmentation (a label image)")
+    sample.require("images", "DAPI")
     n_rows, n_cols = int(fov_grid[0]), int(fov_grid[1])
     if n_rows < 1 or n_cols < 1:
         raise StmorphInputError(f"fov_grid={fov_grid}", column="fov_grid", expected="(rows, columns) >= 1")
@@ -1299,7 +1288,7 @@ def write_cosmx_layout(
 
     # molecules (+ controls at molecules' positions)
     mol = sample.molecules
-    pos = pd.Index(sample.cell_ids).get_indexer(mol["cell_id"].astype("string").fillna("\x00__none__"))
+    pos = cell_positions(sample, mol)
     x, y = mol["x"].to_numpy(np.float64), mol["y"].to_numpy(np.float64)
     z_um = mol["z"].to_numpy(np.float64) if "z" in mol else np.zeros(len(mol))
     info = sample.adata.uns.get("synthetic_tissue", {})
@@ -1425,7 +1414,7 @@ def write_cosmx_layout(
         "source_cell_id": np.asarray(sample.cell_ids, dtype=object),
     })
     gz = {"method": "gzip", "compresslevel": 1, "mtime": 0}
-    with _AtomicDir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tx.to_csv(tmp / f"{run_name}_tx_file.csv.gz", index=False, compression=gz)
         fovpos.to_csv(tmp / f"{run_name}_fov_positions_file.csv.gz", index=False, compression=gz)
         meta.to_csv(tmp / f"{run_name}_metadata_file.csv.gz", index=False, compression=gz)

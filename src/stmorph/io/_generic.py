@@ -27,7 +27,7 @@ from .._image import (
     labels_at,
 )
 from ..errors import StmorphInputError
-from ..sample import LABEL_ID_KEY, SpatialSample
+from ..sample import SpatialSample
 from ._common import (
     CONTROL_PREFIXES,
     Report,
@@ -39,12 +39,15 @@ from ._common import (
     decode_strings,
     drop_nan_centroids,
     find_file,
+    finish_sample,
     is_control,
+    label_series,
     make_molecules,
     normalize_ids,
     read_table,
     require_columns,
     restrict_genes,
+    set_label_ids,
     unassign_unknown_cells,
 )
 
@@ -364,10 +367,8 @@ def read_generic(
             adata.obs_names, id_col=id_col, label_of_id=label_of_id, table_label=ctab_label,
             mol_cells=cell_of[ok_all], mol_labels=mol_labels[ok_all],
         )
-        adata.obs[LABEL_ID_KEY] = lid
+        set_label_ids(adata, lid, report, no_mask="mask in the segmentation")
         seg_prov["label_id_from"] = source
-        n_nomask = int((lid == 0).sum())
-        report.warn("cells_without_mask", n_nomask, f"{n_nomask} cells have no mask in the segmentation (label_id 0)")
         if id_col is not None:
             _check_own_mask(cell_of[ok_all], mol_labels[ok_all], adata.obs_names, lid, report)
 
@@ -378,9 +379,8 @@ def read_generic(
             raise StmorphInputError("a label table needs a cell id column and a label column", file=lfile)
         lcol = label_column or str(lt.columns[1])
         require_columns(lt, [lcol], file=lfile)
-        lab = pd.Series(lt[lcol].to_numpy(), index=pd.Index(normalize_ids(lt.iloc[:, 0]).astype(object)))
-        adata = apply_labels(adata, lab[lab.index.notna()], report, file=lfile, exclude_labels=exclude_labels)
-        mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
+        adata = apply_labels(adata, label_series(lt[lcol], lt.iloc[:, 0]), report, file=lfile,
+                             exclude_labels=exclude_labels, molecules=mol)
         files["labels"] = str(lfile)
     adata = restrict_genes(adata, genes, file=mpath)
     if shape is not None:
@@ -396,13 +396,9 @@ def read_generic(
         "transform": A.tolist(),
         "exclude_controls": bool(exclude_controls),
         "segmentation": seg_prov,
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_molecules": int(len(mol)),
-        "report": report.as_dict(),
     }
     ps = None if pixel_size is None else float(pixel_size)
-    return SpatialSample(adata, mol, imgs, ps, name or mpath.parent.name or "sample", prov, seg)
+    return finish_sample(adata, mol, imgs, ps, name or mpath.parent.name or "sample", prov, report, seg)
 
 
 def _glob_one(folder: Path, pattern: str, *, what: str) -> Path:

@@ -18,6 +18,8 @@ from ._common import (
     build_adata,
     drop_nan_centroids,
     find_file,
+    finish_sample,
+    label_series,
     normalize_ids,
     read_table,
     require_columns,
@@ -146,8 +148,8 @@ def read_merfish_tables(
         lt = read_table(lab_file)
         id_col = "cell" if "cell" in lt.columns else str(lt.columns[0])
         require_columns(lt, [id_col, label_column], file=lab_file)
-        lab = pd.Series(lt[label_column].to_numpy(), index=pd.Index(normalize_ids(lt[id_col]).astype(object)))
-        adata = apply_labels(adata, lab[lab.index.notna()], report, file=lab_file, exclude_labels=exclude_labels)
+        adata = apply_labels(adata, label_series(lt[label_column], lt[id_col]), report, file=lab_file,
+                             exclude_labels=exclude_labels)
         files["labels"] = str(lab_file)
 
     if embeddings is None:
@@ -192,11 +194,8 @@ def read_merfish_tables(
         "path": str(folder.resolve()),
         "files": files,
         "exclude_labels": list(exclude_labels),
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "report": report.as_dict(),
     }
-    return SpatialSample(adata, None, {}, pixel_size, name or folder.name, prov)
+    return finish_sample(adata, None, {}, pixel_size, name or folder.name, prov, report, count_molecules=False)
 
 
 def _check_ids(idx: pd.Index, file: Path, column: str) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_dir
 from .._image import PolygonSegmentation, StainImage, image_axes
 from ..errors import StmorphInputError
 from ..sample import LABEL_ID_KEY, SpatialSample
@@ -54,13 +55,16 @@ from ._common import (
     counts_from_molecules,
     drop_nan_centroids,
     find_file,
+    finish_sample,
     is_control,
+    label_series,
     normalize_ids,
     read_table,
     require_columns,
     restrict_genes,
     unassign_unknown_cells,
 )
+from ._writers_common import cell_positions, defocus_stack, int_counts
 
 __all__ = ["read_merscope", "detect_merscope", "write_merscope_layout", "MERSCOPE_STAIN_NAMES"]
 
@@ -341,11 +345,8 @@ def read_merscope(
         require_columns(lt, [label_column], file=lab_file)
         id_col = str(lt.columns[0]) if lt.columns[0] != label_column else "EntityID"
         require_columns(lt, [id_col], file=lab_file)
-        ids = normalize_ids(lt[id_col].astype("string"))
-        lab = pd.Series(lt[label_column].to_numpy(), index=pd.Index(ids.astype(object)))
-        adata = apply_labels(adata, lab[lab.index.notna()], report, file=lab_file, exclude_labels=exclude_labels)
-        if mol is not None:
-            mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
+        adata = apply_labels(adata, label_series(lt[label_column], lt[id_col].astype("string")), report,
+                             file=lab_file, exclude_labels=exclude_labels, molecules=mol)
         files["labels"] = str(lab_file)
     adata = restrict_genes(adata, genes, file=cbg_file if cbg is not None else tx_file)
 
@@ -375,12 +376,8 @@ def read_merscope(
         "exclude_controls": bool(exclude_controls),
         "control_prefixes": list(CONTROL_PREFIXES) if exclude_controls else [],
         "z_units": "z-plane index (global_z)",
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_molecules": 0 if mol is None else int(len(mol)),
-        "report": report.as_dict(),
     }
-    return SpatialSample(adata, mol, images, float(pixel_size), name or folder.name, prov, segmentation)
+    return finish_sample(adata, mol, images, float(pixel_size), name or folder.name, prov, report, segmentation)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -997,12 +994,9 @@ def write_merscope_layout(
     import shapely
     import tifffile
 
-    from ..datasets._tissue import _AtomicDir, _cell_positions, _int_counts, _require_molecules, defocus_stack
-
-    mol = _require_molecules(sample)
-    if sample.segmentation is None:
-        raise StmorphInputError("the sample has no segmentation to trace cell polygons from",
-                                expected="sample.segmentation and obs['label_id']")
+    mol = sample.require("molecules")
+    sample.require("segmentation", suffix=" to trace cell polygons from",
+                   expected="sample.segmentation and obs['label_id']")
     if int(z_planes) < 1:
         raise StmorphInputError(f"z_planes={z_planes}", column="z_planes", expected=">= 1")
     z_planes = int(z_planes)
@@ -1032,7 +1026,7 @@ def write_merscope_layout(
         return (fy * nx + fx).astype(np.int64)
 
     # -- transcripts (+ blank barcodes) -------------------------------------------------------------------
-    pos = _cell_positions(sample, mol)
+    pos = cell_positions(sample, mol)
     x = mol["x"].to_numpy(np.float64)
     y = mol["y"].to_numpy(np.float64)
     zum = mol["z"].to_numpy(np.float64) if "z" in mol else np.zeros(len(mol))
@@ -1069,7 +1063,7 @@ def write_merscope_layout(
     tx.index = tx.groupby("fov").cumcount().to_numpy()  # the unnamed first column restarts in every FOV
 
     # -- counts and metadata ---------------------------------------------------------------------------------
-    counts = _int_counts(sample)
+    counts = int_counts(sample)
     blank_counts = np.zeros((n, n_blank_kinds), dtype=np.int64)
     ok = all_pos[len(mol):] >= 0
     np.add.at(blank_counts, (all_pos[len(mol):][ok], np.arange(n_ctrl)[ok] % n_blank_kinds), 1)
@@ -1114,7 +1108,7 @@ def write_merscope_layout(
     labels = obs[label_key].astype(str).to_numpy(object) if label_key in obs else np.full(n, "unknown", dtype=object)
     truth = pd.DataFrame({"EntityID": entity, "cell_type": labels, "source_cell_id": np.asarray(sample.cell_ids, dtype=object)})
 
-    with _AtomicDir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tx.to_csv(tmp / _TRANSCRIPTS, index=True)
         cbg.to_csv(tmp / _CELL_BY_GENE)
         meta.to_csv(tmp / _CELL_METADATA)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._utils import jsonable
 from ..errors import StmorphInputError
 from ..sample import LABEL_ID_KEY, LabelImage, SpatialSample, StainImage
 
@@ -105,7 +106,7 @@ def to_spatialdata(
     table.uns[_UNS_KEY] = {
         "name": sample.name,
         "pixel_size": -1.0 if sample.pixel_size is None else float(sample.pixel_size),
-        "provenance_json": json.dumps(_jsonable(sample.provenance)),
+        "provenance_json": json.dumps(jsonable(sample.provenance)),
         "images": list(sample.images),
     }
     table = TableModel.parse(table, region=cells_key, region_key="region", instance_key="cell_id")
@@ -350,8 +351,3 @@ def detect_spatialdata(path: Path) -> bool:
         (path / k).is_dir() for k in ("tables", "images", "points", "shapes", "labels")
     )
 
-
-def _jsonable(obj: Any) -> Any:
-    from ..sample import _jsonable as j
-
-    return j(obj)

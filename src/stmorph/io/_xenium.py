@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._atomic import atomic_dir
 from .._image import LabelImage, PolygonSegmentation, image_axes, image_channel_names
 from ..errors import StmorphInputError
 from ..sample import LABEL_ID_KEY, SpatialSample, StainImage
@@ -57,7 +58,9 @@ from ._common import (
     decode_strings,
     drop_nan_centroids,
     find_file,
+    finish_sample,
     is_control,
+    label_series,
     make_molecules,
     normalize_ids,
     read_table,
@@ -66,6 +69,7 @@ from ._common import (
     to_bool,
     unassign_unknown_cells,
 )
+from ._writers_common import cell_positions, int_counts
 
 __all__ = [
     "read_xenium", "detect_xenium", "write_xenium_layout", "xenium_cell_id_strings", "xenium_cell_id_ints",
@@ -286,9 +290,8 @@ def read_xenium(
         require_columns(lt, [label_column], file=lab_file)
         id_col = str(lt.columns[0]) if lt.columns[0] != label_column else "cell_id"
         require_columns(lt, [id_col], file=lab_file)
-        lab = pd.Series(lt[label_column].to_numpy(), index=pd.Index(normalize_ids(lt[id_col]).astype(object)))
-        adata = apply_labels(adata, lab[lab.index.notna()], report, file=lab_file, exclude_labels=exclude_labels)
-        mol.loc[~mol["cell_id"].isin(adata.obs_names).fillna(False).to_numpy(bool), "cell_id"] = pd.NA
+        adata = apply_labels(adata, label_series(lt[label_column], lt[id_col]), report, file=lab_file,
+                             exclude_labels=exclude_labels, molecules=mol)
         files["labels"] = str(lab_file)
     adata = restrict_genes(adata, genes, file=tx_file)
 
@@ -320,12 +323,8 @@ def read_xenium(
         "control_prefixes": list(CONTROL_PREFIXES) if exclude_controls else [],
         "min_qv": min_qv,
         "z_units": "um",
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
-        "n_molecules": int(len(mol)),
-        "report": report.as_dict(),
     }
-    return SpatialSample(adata, mol, images, float(pixel_size), name or folder.name, prov, seg)
+    return finish_sample(adata, mol, images, float(pixel_size), name or folder.name, prov, report, seg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -838,11 +837,8 @@ def write_xenium_layout(
     """
     import tifffile
 
-    from ..datasets._tissue import _AtomicDir, _cell_positions, _int_counts, _require_molecules
-
-    mol = _require_molecules(sample)
-    if "DAPI" not in sample.images:
-        raise StmorphInputError("the sample has no 'DAPI' image", expected="sample.images['DAPI']")
+    mol = sample.require("molecules")
+    sample.require("images", "DAPI")
     rng = np.random.default_rng(random_state)
     ps = float(pixel_size if pixel_size is not None else (sample.pixel_size or XENIUM_DEFAULT_PIXEL_SIZE))
     x0, y0 = float(origin_um[0]), float(origin_um[1])
@@ -850,7 +846,7 @@ def write_xenium_layout(
     ids = np.asarray(sample.cell_ids, dtype=object)
     if xenium_cell_ids:
         ids = xenium_cell_id_strings(np.arange(1, n + 1), np.ones(n, dtype=np.int64)).astype(object)
-    pos = _cell_positions(sample, mol)
+    pos = cell_positions(sample, mol)
     x = mol["x"].to_numpy(np.float64)
     y = mol["y"].to_numpy(np.float64)
     z = mol["z"].to_numpy(np.float64) if "z" in mol else np.zeros(len(mol))
@@ -876,7 +872,7 @@ def write_xenium_layout(
         "z_location": np.round(np.concatenate([z, z[src]]), 4),
         "qv": np.round(rng.uniform(20.0, 40.0, m_total), 3),
     })
-    counts = _int_counts(sample)
+    counts = int_counts(sample)
     ctrl_counts = np.bincount(pos[src][pos[src] >= 0], minlength=n) if n else np.zeros(0, dtype=np.int64)
     obs = sample.adata.obs
     area_px = obs["cell_area"].to_numpy(np.float64) if "cell_area" in obs else np.full(n, np.nan)
@@ -921,7 +917,7 @@ def write_xenium_layout(
         experiment["images"]["morphology_focus_filepath"] = "morphology_focus/morphology_focus_0000.ome.tif"
     if cell_raster is not None and use_zarr:
         experiment["xenium_explorer_files"] = {"cells_zarr_filepath": _CELLS_ZARR}
-    with _AtomicDir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         gz = {"method": "gzip", "compresslevel": 1, "mtime": 0}  # fast, and byte-identical for one seed
         tx.to_csv(tmp / "transcripts.csv.gz", index=False, compression=gz)
         cells.to_csv(tmp / "cells.csv.gz", index=False, compression=gz)

@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .._atomic import atomic_dir
 
 __all__ = ["stage_key", "file_fingerprint", "StageCache", "StageResult"]
 
@@ -115,28 +116,13 @@ class StageCache:
             return StageResult(name, key, final, True, 0.0, meta)
         t0 = time.perf_counter()
         self.log(f"[{name}] running ...")
-        with self._tmp(final) as tmp:
+        with atomic_dir(final, overwrite=True, unique=False) as tmp:
             meta = fn(tmp) or {}
             seconds = time.perf_counter() - t0
             meta = {"stage": name, "key": key, "seconds": round(seconds, 3), **meta}
             (tmp / _DONE).write_text(json.dumps(_canonical(meta), indent=2, default=str))
         self.log(f"[{name}] done in {seconds:.1f} s")
         return StageResult(name, key, final, False, seconds, meta)
-
-    @contextmanager
-    def _tmp(self, final: Path) -> Iterator[Path]:
-        tmp = final.with_name(f".{final.name}.partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            yield tmp
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove stage folders whose ``name-key`` is not in ``keep`` (stale results); returns removed names."""
