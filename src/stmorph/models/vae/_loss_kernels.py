@@ -4,8 +4,8 @@ The spot decoder's logits are a (B, genes, S, S) tensor of ~16 M floats per batc
 background terms of :class:`~stmorph.models.vae._losses._DiceFocalSparse` as a dozen element-wise passes, each
 allocating a tensor of that size; here the reductions of the forward pass and the whole gradient of the backward
 pass are one pass each over the ``sigmoid`` and ``softplus`` tensors that torch computes (vectorised) anyway.
-Measured on ls1_cpu's loss (16 x 241 x 64 x 64, one thread): forward + backward 0.32 s -> 0.11 s CPU time
-(``benchmarks/bench_vae.py --only loss``).
+Measured on ls1_cpu's loss (16 x 241 x 64 x 64, one thread): forward + backward 0.32 s -> 0.14 s CPU time
+(``benchmarks/RESULTS.md``, VAE section 2).
 
 Two memory layouts are supported, as the 3-D view ``(outer, genes, inner)`` of the contiguous tensor:
 ``(B, G, H*W)`` for NCHW and ``(B*H*W, G, 1)`` for channels-last, where the gene of an element is its middle index.
