@@ -98,3 +98,38 @@ def test_report_renders_in_headless_chromium(uninterrupted: Path, chromium_page_
     check = chromium_page_check(uninterrupted / "report.html")
     assert check["images"] >= 5 and check["broken"] == 0, check
     assert check["error"] is None, check["error"][:300]
+
+
+def test_run_killed_with_sigkill_resumes_to_identical_outputs(uninterrupted: Path, tmp_path: Path):
+    """The run's process is SIGKILLed (no exception handler, no cleanup) while it computes a feature space; a new
+    run reuses the finished stages and ends with the uninterrupted run's outputs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "sigkilled"
+    child = textwrap.dedent(
+        f"""
+        import os, pathlib, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_pipeline_run import _config
+        from stmorph.pipeline import SPACE_KINDS, config_from_dict, run_study
+        SPACE_KINDS["gene_subset"] = lambda ctx, p: os.kill(os.getpid(), signal.SIGKILL)
+        out = pathlib.Path({str(out)!r})
+        run_study(config_from_dict(_config(out), out=out), quiet=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STMORPH_PROGRESS": "0"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "report.html").exists()
+    res = run_study(config_from_dict(_config(out), out=out), quiet=True)
+    assert res["stages"]["sample"]["cached"] and res["stages"]["space:TC"]["cached"]
+    assert not res["stages"]["space:panel"]["cached"]
+    s1, f1 = _outputs(uninterrupted)
+    s2, f2 = _outputs(out)
+    assert s1 == s2
+    for k in f1:
+        pd.testing.assert_frame_equal(f1[k], f2[k])
