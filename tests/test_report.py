@@ -331,3 +331,30 @@ def test_report_renders_in_headless_chromium(report19, chromium_page_check):
     check = chromium_page_check(report19["page"])
     assert check["images"] >= 10 and check["broken"] == 0, check
     assert check["error"] is None, check["error"]
+
+
+def test_report_shows_bound_leakage_and_colocalization(tmp_path):
+    """A clustering whose tuning found no grid point above the bound is flagged, DE-panel spaces show the leaky
+    number beside the honest one, and co-localization scores get a figure and a table."""
+    from stmorph.pipeline.report import write_report
+
+    res = _results(6)
+    s = res.summary
+    s["feature_spaces"]["TC"]["clustering"] |= {"bound_met": False, "min_clusters": 5}
+    s["feature_spaces"]["LS2"]["clustering"] |= {"bound_met": True, "min_clusters": 5}
+    s["multiplex"]["TC+LS2"] |= {"bound_met": False, "min_clusters": 5}
+    c = s["feature_spaces"]["CP"]["classification"]
+    c |= {"balanced_accuracy_leaky": c["balanced_accuracy"] + 0.07, "leakage": 0.07}
+    s["colocalization"] = {"TC": {"0": {"n_cells": 40, "scs": 3.2, "p_value": 0.001},
+                                  "1": {"n_cells": 35, "scs": 0.1, "p_value": 0.6}}}
+    html = write_report(None, {}, res, tmp_path / "r").read_text()
+    assert html.count("NOT met") == 2 and "met (&gt; 5 clusters)" in html
+    assert "No point of the tuning grid" in html and "TC, multiplex TC+LS2" in html
+    table = pd.read_csv(tmp_path / "r" / "tables" / "balanced_accuracy.csv", index_col=0)
+    assert table.loc["CP", "leak"] == pytest.approx(0.07)
+    assert np.isnan(table.loc["TC", "leak"])
+    assert "1 of 2 clusters co-localized" not in html  # titles live in the figure, the caption explains it
+    assert (tmp_path / "r" / "figures" / "colocalization.png").is_file()
+    coloc = pd.read_csv(tmp_path / "r" / "tables" / "colocalization.csv")
+    assert set(coloc["cluster"].astype(str)) == {"0", "1"} and coloc["scs"].max() == pytest.approx(3.2)
+    assert "Spatial co-localization score of each cluster" in html

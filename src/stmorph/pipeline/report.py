@@ -118,6 +118,13 @@ def _classification_table(results: Any, ref: str | None, margin: float) -> pd.Da
     tab["times chance"] = ba["balanced_accuracy"] / chance
     rec = pl.per_label_recall(results)
     tab["lowest label recall"] = rec.min().reindex(tab.index)
+    spaces = summary_of(results).get("feature_spaces") or {}
+    leaky = {n: (e.get("classification") or {}) for n, e in spaces.items()}
+    leaky = {n: c for n, c in leaky.items() if c.get("balanced_accuracy_leaky") is not None}
+    if leaky:  # DE panels: chosen inside each training fold; the number had the panel been chosen on all cells
+        tab["BA if panel chosen on all cells (leaky)"] = pd.Series(
+            {n: c["balanced_accuracy_leaky"] for n, c in leaky.items()}).reindex(tab.index)
+        tab["leak"] = pd.Series({n: c.get("leakage") for n, c in leaky.items()}, dtype=float).reindex(tab.index)
     if ref is not None:
         cmp = pl.compare_with_reference(results, ref, margin=margin)
         if not cmp.empty:
@@ -126,6 +133,33 @@ def _classification_table(results: Any, ref: str | None, margin: float) -> pd.Da
                 n = g[key].sum()
                 tab[col] = [str(int(n[i])) if i in n.index else "(reference)" if i == ref else "" for i in tab.index]
     return tab
+
+
+def _bound(entry: dict) -> str:
+    """Whether the tuned clustering has more clusters than the protocol's lower bound (``bound_met``)."""
+    if "bound_met" not in entry:
+        return ""
+    k = entry.get("min_clusters")
+    more = f"> {k} clusters" if k is not None else "above the bound"
+    return f"met ({more})" if entry["bound_met"] else f"NOT met: no grid point gave {more}"
+
+
+def _bound_warning(results: Any) -> str:
+    """A visible note when a clustering's tuning found no grid point above the cluster-count bound."""
+    s = summary_of(results)
+    missed = [n for n, e in (s.get("feature_spaces") or {}).items() if (e.get("clustering") or {}).get("bound_met") is False]
+    missed += [f"multiplex {n}" for n, e in (s.get("multiplex") or {}).items() if e.get("bound_met") is False]
+    if not missed:
+        return ""
+    return ("<p class='warn'>No point of the tuning grid gave more clusters than the protocol's lower bound for "
+            f"{html.escape(', '.join(missed))}: the best clustering below the bound is shown, but it is not a "
+            "clustering the protocol accepts (see <code>bound_met</code> in summary.json).</p>")
+
+
+def _colocalization_table(results: Any) -> pd.DataFrame:
+    col = summary_of(results).get("colocalization") or {}
+    rows = [{"clustering": name, "cluster": str(c), **v} for name, clusters in col.items() for c, v in clusters.items()]
+    return pd.DataFrame(rows).set_index(["clustering", "cluster"]) if rows else pd.DataFrame()
 
 
 def _clustering_table(results: Any) -> pd.DataFrame:
@@ -138,7 +172,7 @@ def _clustering_table(results: Any) -> pd.DataFrame:
         cl = e.get("clustering") or {}
         if not cl:
             continue
-        row = {"clustering": name, **{v: cl.get(k) for k, v in names.items()}}
+        row = {"clustering": name, **{v: cl.get(k) for k, v in names.items()}, "bound": _bound(cl)}
         for test in ("permanova", "permdisp"):
             t = e.get(test) or {}
             if t:
@@ -147,7 +181,7 @@ def _clustering_table(results: Any) -> pd.DataFrame:
         rows.append(row)
     for name, e in (s.get("multiplex") or {}).items():
         rows.append({"clustering": f"multiplex {name} (weight {e.get('weight')})",
-                     **{v: e.get(k) for k, v in names.items()}})
+                     **{v: e.get(k) for k, v in names.items()}, "bound": _bound(e)})
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).set_index("clustering")
@@ -261,7 +295,8 @@ def write_report(
     ctab = _clustering_table(results)
     if not ctab.empty:
         ctab.to_csv(tables / "clustering_metrics.csv")
-        parts = [figs.save(pl.clustering_metrics_bars(results), "clustering_metrics"), _table_html(ctab)]
+        parts = [_bound_warning(results), figs.save(pl.clustering_metrics_bars(results), "clustering_metrics"),
+                 _table_html(ctab)]
         jfig = pl.jaccard_heatmap(results)
         if jfig is not None:
             jac = {n: (e.get("clustering") or {}).get("jaccard") for n, e in (summary.get("feature_spaces") or {}).items()}
@@ -269,6 +304,13 @@ def write_report(
             pd.DataFrame({k: v for k, v in jac.items() if v}).rename_axis("label").to_csv(tables / "jaccard.csv")
             parts.append(figs.save(jfig, "jaccard"))
         sections.append(("clustering", "Clustering against the labels (Leiden, multiplex Leiden, Jaccard)", "".join(parts)))
+    coloc = _colocalization_table(results)
+    if not coloc.empty:
+        coloc.to_csv(tables / "colocalization.csv")
+        sections.append(("colocalization", "Spatial co-localization of the clusters (SCS)",
+                         figs.save(pl.colocalization_bars(results), "colocalization")
+                         + "<details><summary>Scores and p-values (tables/colocalization.csv)</summary>"
+                         + _table_html(coloc) + "</details>"))
 
     # -- embeddings --------------------------------------------------------------------------------------
     if frames:

@@ -7,7 +7,8 @@ different", ``RdBu`` for differences to counts, grey for "no value", sizes that 
 
 * evaluation (``EvalResults`` or its summary): :func:`balanced_accuracy_bars` (with chance), :func:`recall_heatmap`,
   :func:`recall_difference_heatmap` (against counts), :func:`pairwise_grid` / :func:`pairwise_pvalue_heatmap`,
-  :func:`jaccard_heatmap`, :func:`clustering_metrics_bars`, :func:`ridge_r2_bars`, :func:`per_label_bars`;
+  :func:`jaccard_heatmap`, :func:`clustering_metrics_bars`, :func:`colocalization_bars`, :func:`ridge_r2_bars`,
+  :func:`per_label_bars`;
   :func:`write_eval_figures` writes them all
 * sample and spaces: :func:`sample_overview`, :func:`example_crops`, :func:`embedding_grid`
 * numbers behind them: :func:`read_results` (an evaluation folder back into ``EvalResults``),
@@ -25,6 +26,7 @@ Examples
 from ._eval import (
     balanced_accuracy_bars,
     clustering_metrics_bars,
+    colocalization_bars,
     count_significant_pairs,
     jaccard_heatmap,
     pairwise_grid,
@@ -57,6 +59,7 @@ __all__ = [
     "caption",
     "chance_level",
     "clustering_metrics_bars",
+    "colocalization_bars",
     "compare_with_reference",
     "count_significant_pairs",
     "embedding_grid",

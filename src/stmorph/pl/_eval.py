@@ -592,6 +592,54 @@ def clustering_metrics_bars(results: Any) -> Any:
                              "clusters with the labels. Higher is better.")
 
 
+def colocalization_bars(results: Any, *, alpha: float = 0.05) -> Any:
+    """Spatial co-localization score (SCS, MUSE) of every cluster: one panel per clustering, one bar per cluster.
+
+    Parameters
+    ----------
+    results
+        ``EvalResults`` or its summary, with ``summary["colocalization"]`` (``stmorph.pipeline`` with
+        ``colocalization = true``, or :func:`stmorph.eval.colocalization_score` results in that form).
+    alpha
+        Permutation p-value below which a bar is drawn in colour.
+
+    Returns
+    -------
+    The figure (``None`` without co-localization results).
+
+    Examples
+    --------
+    >>> fig = colocalization_bars(res)  # doctest: +SKIP
+    """
+    col = summary_of(results).get("colocalization") or {}
+    col = {k: v for k, v in col.items() if v}
+    if not col:
+        return None
+    n = len(col)
+    widest = max(len(v) for v in col.values())
+    fig = _figure(max(5.0, 1.2 + 0.28 * widest), 2.4 * n)
+    axes = np.atleast_1d(fig.subplots(n, 1, squeeze=False)[:, 0])
+    colors = space_colors(list(col))
+    for ax, (name, clusters) in zip(axes, col.items(), strict=True):
+        df = pd.DataFrame(clusters).T
+        df["scs"] = pd.to_numeric(df["scs"], errors="coerce")
+        df["p_value"] = pd.to_numeric(df["p_value"], errors="coerce")
+        df = df.sort_values("scs", ascending=False)
+        sig = df["p_value"] < alpha
+        ax.bar(np.arange(len(df)), df["scs"].fillna(0).to_numpy(),
+               color=[colors[name] if v else "0.8" for v in sig])
+        ax.set_xticks(np.arange(len(df)), [str(c) for c in df.index], fontsize=tick_fontsize(len(df)))
+        ax.set_ylabel("SCS")
+        ax.set_title(f"{name}: {int(sig.sum())} of {len(df)} clusters co-localized (p < {alpha:g})", fontsize=9)
+        ax.axhline(0, color="0.5", lw=0.5)
+    axes[-1].set_xlabel("cluster (sorted by score)")
+    return _set_caption(fig, "Spatial co-localization score of each cluster (MUSE's SCS: how much closer the cells "
+                             "of a cluster lie to each other on the tissue than random cells of the same number, "
+                             "tested by permutation). Coloured bars are clusters with a permutation p-value below "
+                             f"{alpha:g}; grey bars are not distinguishable from random placement. A clustering "
+                             "whose clusters co-localize picks up tissue structure, not only cell identity.")
+
+
 def ridge_r2_bars(results: Any, space: str, *, top: int = 30) -> Any:
     """The genes best predicted from a feature space (ridge regression, held-out R²).
 
