@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         from .. import io as sio
         from ..errors import StmorphInputError
         from ..models.vae import get_preset
-        from ..tl import train_vae
+        from ..tl import vae as tl_vae
         from ._output import random_state_option
 
         random_state = random_state_option(random_state, seed)
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
         distributed = (workers is not None and workers > 1) or bool(scheduler)
         t0 = time.perf_counter()
-        model = train_vae(
+        model = tl_vae(
             sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=random_state,
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
             crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,

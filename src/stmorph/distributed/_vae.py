@@ -146,7 +146,7 @@ def vae_latents(
     -------
     numpy.ndarray
         ``(n_cells, latent_dim)`` float32 in the sample's cell order; NaN rows for cells the model's dataset
-        leaves out (``min_cell_transcripts``), as :func:`stmorph.tl.train_vae` writes them.
+        leaves out (``min_cell_transcripts``), as :func:`stmorph.tl.vae` writes them.
 
     Examples
     --------

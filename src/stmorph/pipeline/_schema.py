@@ -134,7 +134,7 @@ def config_schema_markdown() -> str:
     lines.append("| `synthetic` | the simulated tissue (`stmorph.datasets.synthetic_tissue`) | its parameters |")
     lines += ["", "## `[spaces.NAME]`", "",
               "Every space has a `kind`; the other keys depend on it. Pass-through kinds take the keyword arguments",
-              "of the function they call (`vae`: `stmorph.tl.train_vae` and `VAEConfig` fields; `cellprofiler`:",
+              "of the function they call (`vae`: `stmorph.tl.vae` and `VAEConfig` fields; `cellprofiler`:",
               "`stmorph.features.cellprofiler_features`; `cnn`: `cnn_features`; `muse`: `stmorph.tl.muse`), whose",
               "docstrings give the defaults.", "",
               "| kind | what | keys |", "|---|---|---|"]

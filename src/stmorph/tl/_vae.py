@@ -1,4 +1,4 @@
-"""``stmorph.tl.train_vae``: train a cell-crop VAE preset on a sample and write its latent space to AnnData."""
+"""``stmorph.tl.vae``: train a cell-crop VAE preset on a sample and write its latent space to AnnData."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ if TYPE_CHECKING:
     from ..models.vae import CropVAE, VAEConfig
     from ..sample import SpatialSample
 
-__all__ = ["train_vae"]
+__all__ = ["vae", "train_vae"]
 
 log = logging.getLogger("stmorph.tl")
 
 
-def train_vae(
+def vae(
     sample: SpatialSample,
     preset: str | VAEConfig = "ls1_cpu",
     *,
@@ -106,7 +106,7 @@ def train_vae(
     --------
     >>> import stmorph as st  # doctest: +SKIP
     >>> sample = st.datasets.synthetic_tissue(n_cells=300, random_state=0)  # doctest: +SKIP
-    >>> st.tl.train_vae(sample, "ls2_cpu", epochs=5)  # doctest: +SKIP
+    >>> st.tl.vae(sample, "ls2_cpu", epochs=5)  # doctest: +SKIP
     >>> sample.adata.obsm["X_ls2_cpu"].shape  # doctest: +SKIP
     (300, 50)
     """
@@ -114,7 +114,7 @@ def train_vae(
     from ..sample import SpatialSample
 
     if not isinstance(sample, SpatialSample):
-        raise StmorphInputError(f"train_vae needs a SpatialSample, got {type(sample).__name__}",
+        raise StmorphInputError(f"tl.vae needs a SpatialSample, got {type(sample).__name__}",
                                 expected="stmorph.SpatialSample (with molecules and/or stain images)")
     if latent not in ("mean", "sample"):
         raise StmorphInputError(f"latent={latent!r}", expected="'mean' or 'sample'")
@@ -195,3 +195,7 @@ def train_vae(
     if copy:
         return (target, model) if return_model else target
     return model if return_model else None
+
+
+#: The former name of :func:`vae` (before the tools were named by method, as scanpy's ``tl`` functions are).
+train_vae = vae
