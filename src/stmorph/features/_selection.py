@@ -48,10 +48,41 @@ def _frequency_flags(col: np.ndarray, freq_cut: float, unique_cut: float) -> str
     return None
 
 
-def _find_correlated(x: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """caret ``findCorrelation`` (exact=False): returns (dropped, partner, r) column indices."""
+_BLOCK_ROWS = 65_536  # rows per block of the correlation pass (block x features float64 at a time)
+_COL_CHUNK = 64  # columns per chunk of the column-wise passes
+
+
+def _median_filled_corr(x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the columns ``cols`` of ``x`` with each column's NaNs filled by its median.
+
+    Equal to ``np.corrcoef`` of the filled matrix, but accumulated over row blocks, so that no filled, centred
+    copy of the whole table exists: two passes (column means and norms, then ``Z^T Z`` block by block). Peak
+    extra memory is one block (:data:`_BLOCK_ROWS` rows) instead of two or three full copies.
+    """
+    n = x.shape[0]
+    med = np.array([np.nanmedian(x[:, j]) if np.isnan(x[:, j]).any() else 0.0 for j in cols])
+    blocks = [slice(k, min(k + _BLOCK_ROWS, n)) for k in range(0, n, _BLOCK_ROWS)]
+
+    def filled(b: slice) -> np.ndarray:
+        z = x[b][:, cols]
+        bad = np.isnan(z)
+        if bad.any():
+            z[bad] = np.broadcast_to(med, z.shape)[bad]
+        return z
+
+    mean = sum(filled(b).sum(axis=0) for b in blocks) / n
+    sq = sum(((filled(b) - mean) ** 2).sum(axis=0) for b in blocks)
+    norm = np.sqrt(sq)
+    gram = np.zeros((cols.size, cols.size))
+    for b in blocks:
+        z = filled(b) - mean
+        gram += z.T @ z
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.corrcoef(x, rowvar=False)
+        return gram / np.outer(norm, norm)
+
+
+def _find_correlated(corr: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """caret ``findCorrelation`` (exact=False) on a correlation matrix: returns (dropped, partner, r) indices."""
     corr = np.atleast_2d(np.nan_to_num(np.abs(corr), nan=0.0))
     np.fill_diagonal(corr, 0.0)
     mean_abs = corr.mean(axis=0)
@@ -137,51 +168,64 @@ def select_features(
     non_num = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if non_num:
         raise StmorphInputError("non-numeric feature columns", column=str(non_num[0]), expected="numeric features only")
-    data = df.astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    # one float64 copy, column-major (every rule below reads columns); inf -> NaN in place, chunk by chunk
+    x = np.asfortranarray(df.to_numpy(dtype=np.float64, copy=True))
+    col_of = {c: j for j, c in enumerate(df.columns)}
+    chunks = [slice(k, min(k + _COL_CHUNK, x.shape[1])) for k in range(0, x.shape[1], _COL_CHUNK)]
+    all_nan_row = np.ones(x.shape[0], dtype=bool)
+    for ch in chunks:
+        part = x[:, ch]
+        part[np.isinf(part)] = np.nan
+        all_nan_row &= np.isnan(part).all(axis=1)
     rows: list[tuple[str, str, str]] = []
-    keep = list(data.columns)
+    keep = list(df.columns)
 
-    def _drop(names: list[str], reason: str, details: dict[str, str]) -> None:
-        for nm in names:
+    def _drop(drop: list, reason: str, details: dict) -> None:
+        for nm in drop:
             rows.append((str(nm), reason, details.get(nm, "")))
-        dropped = set(names)
+        dropped = set(drop)
         keep[:] = [c for c in keep if c not in dropped]
+
+    def _cols(cols: list) -> np.ndarray:
+        return np.array([col_of[c] for c in cols], dtype=np.intp)
 
     if "blocklist" in operations and blocklist:
         pats = [re.compile(p) for p in blocklist]
         hits = {c: next(p.pattern for p in pats if p.search(str(c))) for c in keep if any(p.search(str(c)) for p in pats)}
         _drop(list(hits), "blocklist", {c: f"matches {p!r}" for c, p in hits.items()})
     # cells with no value at all (e.g. an empty mask) are reported by the caller; they do not count here
-    measured = ~data.isna().all(axis=1)
-    na_frac = data.loc[measured, keep].isna().mean(axis=0) if measured.any() else data[keep].isna().mean(axis=0)
+    measured = ~all_nan_row
+    rows_used = measured if measured.any() else np.ones_like(measured)
+    na_frac = {c: float(np.isnan(x[rows_used, col_of[c]]).mean()) for c in keep}
     all_nan = [c for c in keep if na_frac[c] == 1.0]
     _drop(all_nan, "all_nan", {c: "every value is NaN/inf" for c in all_nan})
     if "drop_na_columns" in operations:
         many = [c for c in keep if na_frac[c] > na_cutoff]
         _drop(many, "na_fraction", {c: f"{na_frac[c]:.3f} missing > {na_cutoff}" for c in many})
-    x = data[keep].to_numpy()
     # constant (also catches all-equal-but-one-NaN columns); always dropped, as pycytominer's variance rule would
-    lo, hi = np.nanmin(x, axis=0) if x.size else [], np.nanmax(x, axis=0) if x.size else []
-    const = [c for c, a, b in zip(keep, lo, hi) if not (b - a) > 1e-12 * max(1.0, abs(a), abs(b))]
+    lo = {c: float(np.nanmin(x[:, col_of[c]])) for c in keep}
+    hi = {c: float(np.nanmax(x[:, col_of[c]])) for c in keep}
+    const = [c for c in keep if not (hi[c] - lo[c]) > 1e-12 * max(1.0, abs(lo[c]), abs(hi[c]))]
     _drop(const, "constant", {c: "a single value" for c in const})
     if "variance_threshold" in operations:
         if min_variance is not None:
-            var = data[keep].var(ddof=0, skipna=True)
+            var = {c: float(np.nanvar(x[:, col_of[c]])) for c in keep}
             low = [c for c in keep if var[c] < min_variance]
             _drop(low, "low_variance", {c: f"variance {var[c]:.3g} < {min_variance}" for c in low})
-        flags = {c: _frequency_flags(data[c].to_numpy(), freq_cut, unique_cut) for c in keep}
+        flags = {c: _frequency_flags(x[:, col_of[c]], freq_cut, unique_cut) for c in keep}
         freq = [c for c, f in flags.items() if f is not None]
         _drop(freq, "low_frequency", {c: flags[c] for c in freq})  # type: ignore[misc]
     if "correlation_threshold" in operations and len(keep) > 1:
-        sub = data[keep]
         # pairwise-complete correlation would be costly; NaN cells are median-filled for this decision only
-        filled = sub.fillna(sub.median(axis=0)).to_numpy()
-        pairs = _find_correlated(filled, corr_threshold)
-        names = list(sub.columns)
+        pairs = _find_correlated(_median_filled_corr(x, _cols(keep)), corr_threshold)
+        kept_now = list(keep)
         _drop(
-            [names[d] for d, _, _ in pairs],
+            [kept_now[d] for d, _, _ in pairs],
             "correlation",
-            {names[d]: f"|r| = {r:.3f} with {names[p]}" for d, p, r in pairs},
+            {kept_now[d]: f"|r| = {r:.3f} with {kept_now[p]}" for d, p, r in pairs},
         )
+    idx = _cols(keep)
+    x = x[:, idx] if idx.size != x.shape[1] or np.any(idx != np.arange(x.shape[1])) else x
+    selected = pd.DataFrame(x, index=df.index, columns=pd.Index(keep, name=df.columns.name))
     report = pd.DataFrame(rows, columns=["feature", "reason", "detail"])
-    return data[keep], report
+    return selected, report
