@@ -196,6 +196,7 @@ class _SpotSums(torch.autograd.Function):
         inter = torch.zeros(G, dtype=x.dtype, device=x.device).index_add_(0, cls, pp)
         ctx.save_for_backward(p, sp, mem, cls, pp, xp)
         ctx.gamma, ctx.a0, ctx.a1, ctx.view, ctx.fused, ctx.full_shape = gamma, a0, a1, view, fused, tuple(x.shape)
+        ctx.consumed = False
         return focal_sum, psum, inter
 
     @staticmethod
@@ -207,7 +208,10 @@ class _SpotSums(torch.autograd.Function):
         if ctx.fused:
             from ._loss_kernels import background_grad
 
-            out = torch.empty_like(p)
+            if ctx.consumed:
+                raise RuntimeError("the sparse spot loss frees its buffers in backward: retain_graph is not supported")
+            ctx.consumed = True
+            out = sp  # written in place: each element of softplus(x) is read once, just before its gradient
             background_grad(p.view(view).numpy(), sp.view(view).numpy(), float(cf), g_psum.detach().numpy(), g,
                             out.view(view).numpy())
         else:
