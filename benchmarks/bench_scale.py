@@ -10,7 +10,11 @@ folder references the images by path. Then, on a :class:`distributed.LocalCluste
 * ``crops`` - :func:`stmorph.distributed.write_crops`: both stains, every cell, to the tiled zarr store;
 * ``cp``    - :func:`stmorph.distributed.cellprofiler_features`: intensity + texture (256 grey levels, scale 3) on
   each cell's own mask, DAPI + membrane + Otsu-DAPI, selection and NaN filling on the whole table;
-* ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table, classification only (random forest, 5 folds);
+* ``vae``   - a stain VAE (``ls2_cpu``) trained for one epoch on 2,000 cells in the driver, then
+  :func:`stmorph.distributed.vae_latents`: every cell encoded on the workers;
+* ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table and the VAE latent (random forest, 5 folds;
+  PERMANOVA / PERMDISP, tuned Leiden and the CP + LS2 multiplex unless ``--classification-only``, with the
+  large-n paths the summary's ``scaling`` entry names);
 * ``cp_serial`` - up to ``--serial-max`` cells, :func:`stmorph.features.cellprofiler_features` in this process,
   one thread, on the same slide: the per-core reference, and whether its table equals the distributed one.
 
@@ -137,7 +141,8 @@ def _per_worker(run_info: dict) -> dict:
             for pid, v in run_info.get("workers", {}).items()}
 
 
-def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, serial_max: int = 10_000) -> dict:
+def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, serial_max: int = 10_000,
+          full_eval: bool = True) -> dict:
     from distributed import Client, LocalCluster
 
     import stmorph.distributed as sd
@@ -207,19 +212,44 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
                                                              and sample.adata.uns[f"{key}_features"] == list(df.columns))}
             del sample
 
+        # VAE encoding: a stain VAE (ls2_cpu) trained briefly on a few cells here, every cell encoded on the workers
+        t = time.perf_counter()
+        from stmorph.models.vae import CropVAE
+        from stmorph.sample import SpatialSample
+
+        sample = SpatialSample.read(folder)
+        vae = CropVAE("ls2_cpu", epochs=1, crop_size=size, val_fraction=0.0)
+        vae.train(sample, cells=sample.cell_ids[: min(2000, n_cells)], device="cpu", show_progress=False)
+        res["vae_train_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        z = sd.vae_latents(folder, vae, out_dir=root / f"vae_{n_cells}", tile_size=tile_size, client=client,
+                           show_progress=False)
+        wall = time.perf_counter() - t
+        res["vae"] = {"wall_s": round(wall, 2), "cells_per_s_per_worker_wall": round(n_cells / wall / workers, 1),
+                      "n_encoded": int(np.isfinite(z).all(axis=1).sum())}
+        del sample, vae
+
         t = time.perf_counter()
         try:
             from stmorph.eval import EvalConfig, evaluate_spaces
 
             labels = src.obs["cell_type"].astype(str)
             labels.index = df.index
-            cfg = EvalConfig(run_permanova=False, run_permdisp=False, run_clustering=False, n_trees=100,
-                             rf_n_jobs=workers)
+            full = full_eval
+            cfg = EvalConfig(run_permanova=full, run_permdisp=full, run_clustering=full, n_trees=100,
+                             rf_n_jobs=workers, permutations=99, k_grid=(15,), resolutions=(0.5, 1.0),
+                             multiplex_weights=(0.5,))
+            spaces = {"CP": df.to_numpy(), "LS2": z}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ev = evaluate_spaces({"CP": df.to_numpy()}, labels.to_numpy(), config=cfg, show_progress=False)
-            acc = ev.summary["feature_spaces"]["CP"]["classification"]["balanced_accuracy"]
-            res["eval"] = {"wall_s": round(time.perf_counter() - t, 2), "balanced_accuracy": round(float(acc), 3)}
+                ev = evaluate_spaces(spaces, labels.to_numpy(), config=cfg, show_progress=False,
+                                     multiplex=[("CP", "LS2")] if full else ())
+            fs = ev.summary["feature_spaces"]
+            res["eval"] = {"wall_s": round(time.perf_counter() - t, 2), "full": full,
+                           "balanced_accuracy": {k: round(float(v["classification"]["balanced_accuracy"]), 3)
+                                                 for k, v in fs.items()},
+                           "scaling": ev.summary.get("scaling"),
+                           "n_clusters": {k: (v.get("clustering") or {}).get("n_clusters") for k, v in fs.items()}}
         except Exception as exc:  # the evaluation API is being reworked elsewhere: report, do not fail the run
             res["eval"] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -240,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the slides and outputs")
     p.add_argument("--serial-max", type=int, default=10_000,
                    help="also run the serial cellprofiler_features (time, equality) up to this many cells")
+    p.add_argument("--classification-only", action="store_true",
+                   help="evaluate by classification only (no PERMANOVA/PERMDISP/Leiden)")
     p.add_argument("--generate", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.generate:
@@ -250,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for n in [int(v) for v in a.cells.split(",") if v.strip()]:
-            r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max)
+            r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max, full_eval=not a.classification_only)
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
             print(f"== {n} cells on {a.workers} workers: crops {r['crops']['wall_s']} s "
                   f"({r['crops']['cells_per_s_per_worker_wall']} cells/s/worker), CellProfiler {r['cp']['wall_s']} s "
-                  f"({r['cp']['cells_per_s_per_worker_wall']} cells/s/worker), peak RSS per worker "
+                  f"({r['cp']['cells_per_s_per_worker_wall']} cells/s/worker), VAE encoding {r['vae']['wall_s']} s, "
+                  f"evaluation {r['eval'].get('wall_s')} s, peak RSS per worker "
                   f"{max(v['peak_rss_mb'] for v in r['worker_memory_mb'].values()):.0f} MB (anonymous now "
                   f"{max(v['anon_rss_mb'] for v in r['worker_memory_mb'].values()):.0f} MB), driver "
                   f"{r['driver_peak_rss_mb']:.0f} MB",
