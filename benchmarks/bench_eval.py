@@ -148,14 +148,8 @@ def bench_stats(args) -> None:
 
 
 def bench_ileum(args) -> None:
-    from stmorph.eval import (
-        EvalConfig,
-        de_gene_subset,
-        evaluate_spaces,
-        normalize_counts,
-        pca_gene_subset,
-        random_gene_subset,
-    )
+    from stmorph.eval import EvalConfig, evaluate_spaces
+    from stmorph.pp import de_gene_subset, normalize_counts, pca_gene_subset, random_gene_subset
 
     tabs, y, rep = _ileum(args)
     genes = list(tabs["counts"].columns)
@@ -341,7 +335,8 @@ def bench_scs(args) -> None:
 
 def bench_de_leakage(args) -> None:
     """Random-forest balanced accuracy of the DE gene panel chosen on all cells (leaky) vs inside each fold."""
-    from stmorph.eval import de_gene_columns, de_gene_subset, normalize_counts, rf_classification
+    from stmorph.eval import rf_classification
+    from stmorph.pp import de_gene_columns, de_gene_subset, normalize_counts
 
     tabs, y, _ = _ileum(args)
     genes = list(tabs["counts"].columns)

@@ -17,8 +17,6 @@ from sklearn.metrics import adjusted_rand_score
 from stmorph.errors import StmorphInputError
 from stmorph.eval import (
     EvalConfig,
-    de_gene_columns,
-    de_gene_subset,
     evaluate_spaces,
     leiden_tune,
     multiplex_leiden,
@@ -28,6 +26,7 @@ from stmorph.eval import (
     write_results,
 )
 from stmorph.eval._cluster import STUDY_K_GRID, STUDY_RESOLUTIONS, STUDY_WEIGHTS
+from stmorph.pp import de_gene_columns, de_gene_subset
 
 ONLY_CLUSTERING = dict(run_permanova=False, run_permdisp=False, run_classification=False)
 
@@ -161,7 +160,7 @@ def test_study_protocol_refuses_igraph_backend():
 def noise_genes():
     """3,000 noise genes (Poisson counts, normalised), 4 labels of 15 cells unrelated to them: any accuracy above
     chance (0.25) is selection bias."""
-    from stmorph.eval import normalize_counts
+    from stmorph.pp import normalize_counts
 
     counts = np.random.default_rng(0).poisson(50.0, size=(60, 3000)).astype(float)
     return counts, normalize_counts(counts), np.repeat(["a", "b", "c", "d"], 15)

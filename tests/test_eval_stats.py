@@ -91,7 +91,9 @@ def test_geometric_median_matches_skbio_kernel():
 @pytest.mark.parametrize("test", ["centroid", "median"])
 def test_permdisp_fast_null_equals_exact_null(test):
     """The float32/loose-tolerance null re-checks near ties exactly: same p-value as the all-exact null."""
-    from stmorph.eval import _stats
+    from scipy.stats import f_oneway
+
+    from stmorph.eval import _permdisp, _permutation
 
     X, lab = _data((60, 90), d=8, seed=5)
     X[:60] *= 1.15
@@ -104,25 +106,26 @@ def test_permdisp_fast_null_equals_exact_null(test):
     Xc = X - X.mean(axis=0)
     codes = (lab == lab[0]).astype(np.int64)
     sizes = np.bincount(codes).astype(float)
-    pc = _stats._permuted_codes(codes, 200, np.random.default_rng(0))
+    pc = _permutation._permuted_codes(codes, 200, np.random.default_rng(0))
     sq = np.einsum("ij,ij->i", Xc, Xc)
-    F0 = _stats._permdisp_f(Xc, sq, pc, sizes, test, 1e-7)
-    F1 = _stats._permdisp_f_fast(Xc, pc, sizes, test, _stats._DISP_FAST_RTOL * np.sqrt(sq.mean()))
-    assert np.max(np.abs(F1 - F0) / np.maximum(1.0, F0)) < _stats._DISP_BAND / 20
-    # numba kernel == numpy/BLAS fallback path (three groups)
+    F0 = _permdisp._permdisp_f(Xc, pc, sizes, test, 1e-7)
+    F1 = _permdisp._permdisp_f_fast(Xc, pc, sizes, test, _permdisp._DISP_FAST_RTOL * np.sqrt(sq.mean()))
+    assert np.max(np.abs(F1 - F0) / np.maximum(1.0, F0)) < _permdisp._DISP_BAND / 20
+    # the fused numba kernel == PERMDISP written out: centres (group means or geometric_median_batch), distances to
+    # the own centre, scipy's one-way ANOVA (three groups)
     X3, lab3 = _data((20, 25, 30), d=5, seed=6)
     X3c = X3 - X3.mean(axis=0)
     c3 = np.unique(lab3, return_inverse=True)[1].astype(np.int64)
-    pc3 = _stats._permuted_codes(c3, 50, np.random.default_rng(1))
+    pc3 = _permutation._permuted_codes(c3, 50, np.random.default_rng(1))
     s3 = np.bincount(c3).astype(float)
-    sq3 = np.einsum("ij,ij->i", X3c, X3c)
-    kern = _stats._nb_permdisp_f
-    try:
-        _stats._nb_permdisp_f = None
-        ref = _stats._permdisp_f(X3c, sq3, pc3, s3, test, 1e-7)
-    finally:
-        _stats._nb_permdisp_f = kern
-    np.testing.assert_allclose(_stats._permdisp_f(X3c, sq3, pc3, s3, test, 1e-7), ref, rtol=1e-6)
+    ref = []
+    for row in pc3:
+        masks = row[None, :] == np.arange(3)[:, None]
+        C = (geometric_median_batch(X3c, masks, eps=1e-7) if test == "median"
+             else np.stack([X3c[m].mean(axis=0) for m in masks]))
+        z = np.linalg.norm(X3c - C[row], axis=1)
+        ref.append(f_oneway(*[z[m] for m in masks]).statistic)
+    np.testing.assert_allclose(_permdisp._permdisp_f(X3c, pc3, s3, test, 1e-7), ref, rtol=1e-6)
     # three groups through the fast null as well
     X3[:20] *= 1.3
     a = permdisp(X3, lab3, test=test, permutations=199, random_state=2)
@@ -133,10 +136,20 @@ def test_permdisp_fast_null_equals_exact_null(test):
 def test_bh_matches_statsmodels():
     from statsmodels.stats.multitest import multipletests
 
-    p = np.random.default_rng(0).uniform(size=50) ** 2
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=50) ** 2
     np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+    # ties, zeros and ones, any shape (one family), NaNs left out of the family and kept in place
+    P = rng.choice([0.0, 0.001, 0.01, 0.02, 0.02, 0.5, 1.0], size=(6, 7)) * rng.uniform(0.9, 1.0, size=(6, 7)).round(1)
+    P[rng.random(P.shape) < 0.2] = np.nan
+    got = benjamini_hochberg(P)
+    ok = ~np.isnan(P)
+    assert got.shape == P.shape and np.array_equal(np.isnan(got), ~ok)
+    np.testing.assert_allclose(got[ok], multipletests(P[ok], method="fdr_bh")[1], rtol=1e-12)
     q = benjamini_hochberg(np.array([0.01, np.nan, 0.02]))
     assert np.isnan(q[1]) and q[0] == pytest.approx(0.02)
+    assert benjamini_hochberg(np.array([])).shape == (0,)
+    assert np.isnan(benjamini_hochberg(np.array([np.nan, np.nan]))).all()
 
 
 def test_pairwise_tables_and_power():

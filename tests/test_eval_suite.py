@@ -14,7 +14,6 @@ from stmorph.errors import StmorphInputError
 from stmorph.eval import (
     EvalConfig,
     cluster_metrics,
-    de_gene_subset,
     evaluate_spaces,
     hungarian_jaccard,
     knn_colocalization,
@@ -22,14 +21,11 @@ from stmorph.eval import (
     latent_f_tests,
     leiden_tune,
     multiplex_leiden,
-    normalize_counts,
-    pca_gene_subset,
-    random_gene_subset,
     rf_classification,
     ridge_gene_prediction,
     silhouette,
-    wilcoxon_scores,
 )
+from stmorph.pp import de_gene_subset, normalize_counts, pca_gene_subset, random_gene_subset, wilcoxon_scores
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +152,7 @@ def test_multiplex_optimiser_equals_muon_with_weights():
     import mudata as md
     from sklearn.datasets import make_blobs
 
-    from stmorph.eval._cluster import _leiden_multiplex
+    from stmorph._cluster._community import _leiden_multiplex
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

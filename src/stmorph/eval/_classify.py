@@ -89,7 +89,7 @@ def rf_classification(
         ``"sklearn"``: ``RandomForestClassifier``.
     select
         Feature selection fitted inside each training fold, like the scaling: ``select(X_train, y_train)`` returns
-        the column indices to keep (e.g. :func:`stmorph.eval.de_panel_selector`, a gene panel chosen from the
+        the column indices to keep (e.g. :func:`stmorph.pp.de_gene_columns`, a gene panel chosen from the
         labels), applied to the training and test cells of that fold. A panel chosen from all cells' labels before
         the CV leaks the test labels into the features.
 

@@ -1,11 +1,14 @@
 """Leiden clustering tuned by silhouette, multiplex Leiden of two spaces, and cluster-vs-label metrics.
 
-Two tuning protocols share one interface (``protocol=`` of :func:`leiden_tune` and :func:`multiplex_leiden`):
+The graphs and the Leiden runs themselves come from :mod:`stmorph._cluster` (graph construction and community
+detection); this module holds the tuning protocols and the metrics. Two tuning protocols share one interface
+(``protocol=`` of :func:`leiden_tune` and :func:`multiplex_leiden`):
 
 ``"fast"`` (default)
-    stmorph's own kNN connectivities (:func:`knn_graph`, scanpy's UMAP weights with exact neighbours, no umap/numba
-    start-up), leidenalg's RB-configuration optimiser on the undirected weighted graph (``n_iterations=2``), grid
-    k in {10, 20, 30} x 7 resolutions, multiplex weights 0.1..0.9, runs in worker processes.
+    stmorph's own kNN connectivities (:func:`knn_graph`, scanpy's UMAP weights with exact neighbours, approximate
+    above :data:`~stmorph.eval.APPROX_KNN_MIN_CELLS` cells, no umap start-up), leidenalg's RB-configuration
+    optimiser on the undirected weighted graph (``n_iterations=2``), grid k in {10, 20, 30} x 7 resolutions,
+    multiplex weights 0.1..0.9, runs in worker processes.
 ``"study"``
     the code of Moser, Hamid, Cimini 2025 (``optimize_leiden_hyperparams``): ``scanpy.pp.neighbors(adata,
     n_neighbors=k, n_pcs=0)`` on the features (no PCA), ``scanpy.tl.leiden`` (flavor leidenalg: directed graph,
@@ -17,11 +20,13 @@ Two tuning protocols share one interface (``protocol=`` of :func:`leiden_tune` a
 Both protocols enforce the study's bound strictly: a clustering with ``<= min_clusters`` (5) clusters is never
 chosen. When no grid point meets it, the result says so (``bound_met=False``) and keeps the clustering with the most
 clusters (highest silhouette among those), instead of passing it off as a tuned one.
+
+Silhouettes use every cell up to :data:`~stmorph.eval.EXACT_MAX_CELLS` cells (one ``n x n`` distance matrix) and a
+seeded stratified sample of :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells above (:mod:`stmorph.eval._scale`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,8 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .._utils import progress
+from .._cluster import _graphs, knn_graph, study_neighbors
+from .._cluster._community import _run_leiden_tasks
+from .._cluster._graphs import _csr_parts, _edges
 from ..errors import StmorphInputError
+from . import _scale
+from ._scale import _subsample_rng, stratified_sample
 
 __all__ = [
     "silhouette",
@@ -40,8 +49,6 @@ __all__ = [
     "leiden_tune",
     "MultiplexResult",
     "multiplex_leiden",
-    "knn_graph",
-    "study_neighbors",
     "PROTOCOLS",
     "STUDY_K_GRID",
     "STUDY_RESOLUTIONS",
@@ -55,18 +62,78 @@ DEFAULT_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 STUDY_K_GRID = tuple(range(10, 51, 5))
 STUDY_RESOLUTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11)) + (1.2, 1.4, 1.6, 1.8, 2.0)
 STUDY_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: the study's seeds (``sc.pp.neighbors(..., random_state=137)``, ``mu.tl.leiden(..., random_state=137)``,
-#: ``sc.tl.leiden`` with its default 0); ``random_state`` is added to each, so 0 reproduces them
-STUDY_SEED = 137
 PROTOCOLS = ("fast", "study")
 
 
-def silhouette(X: np.ndarray, clusters: np.ndarray, *, D: np.ndarray | None = None) -> float:
+def _silhouette_from_sums(sums: np.ndarray, codes: np.ndarray) -> float:
+    """Mean silhouette from the per-cluster distance sums ``(n, k)`` of every cell and its cluster codes."""
+    n, k = sums.shape
+    sizes = np.bincount(codes, minlength=k).astype(sums.dtype)
+    own = sizes[codes]
+    a = sums[np.arange(n), codes] / np.maximum(own - 1, 1)
+    mean_other = sums / sizes
+    mean_other[np.arange(n), codes] = np.inf
+    b = mean_other.min(axis=1)
+    s = (b - a) / np.maximum(a, b)
+    s[own == 1] = 0.0  # sklearn's convention for singletons
+    s = np.nan_to_num(s)
+    return float(s.mean())
+
+
+def _silhouettes_blockwise(X: np.ndarray, clusterings: Sequence[np.ndarray], *, block: int = 1024,
+                           max_columns: int = 1024) -> list[float]:
+    """Mean silhouettes of several clusterings of the rows of ``X`` without an ``n x n`` matrix.
+
+    Distances are computed in blocks of ``block`` rows and multiplied by the stacked cluster indicators of up to
+    ``max_columns`` clusters at a time, so memory stays ``O(n (block + max_columns))``; time is ``O(n^2 (d + k))``,
+    meant for a sample of :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells.
+    """
+    from sklearn.metrics import pairwise_distances
+
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    codes = [np.unique(np.asarray(c), return_inverse=True)[1].ravel() for c in clusterings]
+    ks = [int(c.max()) + 1 if c.size else 0 for c in codes]
+    out = [float("nan")] * len(codes)
+    todo = [j for j, k in enumerate(ks) if 2 <= k < n]
+    while todo:
+        group, width = [], 0
+        while todo and (not group or width + ks[todo[0]] <= max_columns):
+            group.append(todo.pop(0))
+            width += ks[group[-1]]
+        offsets = np.concatenate([[0], np.cumsum([ks[j] for j in group])])
+        onehot = np.zeros((n, width))
+        for off, j in zip(offsets, group):
+            onehot[np.arange(n), off + codes[j]] = 1.0
+        sums = np.empty((n, width))
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            Db = pairwise_distances(X[start:stop], X)
+            Db[np.arange(stop - start), np.arange(start, stop)] = 0.0  # exact zeros on the diagonal
+            sums[start:stop] = Db @ onehot
+        for i, j in enumerate(group):
+            out[j] = _silhouette_from_sums(sums[:, offsets[i] : offsets[i + 1]], codes[j])
+    return out
+
+
+def silhouette(
+    X: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    D: np.ndarray | None = None,
+    sample_size: int | None = None,
+    random_state: int = 0,
+) -> float:
     """Mean silhouette coefficient (Euclidean), equal to :func:`sklearn.metrics.silhouette_score`.
 
     Per-cluster distance sums come from one product of the distance matrix with the cluster indicator, so a
     precomputed distance matrix ``D`` is reused cheaply across many clusterings of the same cells (measured 5x
     faster than ``silhouette_score(D, c, metric="precomputed")`` on 5,000 cells).
+
+    Above :data:`~stmorph.eval.EXACT_MAX_CELLS` cells (without ``D``) the silhouette is that of a sample of
+    :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells stratified by cluster (proportional allocation,
+    :func:`~stmorph.eval.stratified_sample`, seeded by ``random_state``), computed in row blocks: like
+    ``silhouette_score(..., sample_size=...)``, but stratified and without an ``n x n`` matrix.
 
     Parameters
     ----------
@@ -75,7 +142,12 @@ def silhouette(X: np.ndarray, clusters: np.ndarray, *, D: np.ndarray | None = No
     clusters
         ``(n,)`` cluster labels (at least 2 and at most n - 1 distinct).
     D
-        Optional precomputed ``(n, n)`` Euclidean distance matrix.
+        Optional precomputed ``(n, n)`` Euclidean distance matrix (then every cell is used).
+    sample_size
+        Use a stratified sample of about this many cells (``None``: :data:`~stmorph.eval.SILHOUETTE_SAMPLE` above
+        :data:`~stmorph.eval.EXACT_MAX_CELLS` cells, else every cell).
+    random_state
+        Seed of the sample.
 
     Returns
     -------
@@ -88,8 +160,15 @@ def silhouette(X: np.ndarray, clusters: np.ndarray, *, D: np.ndarray | None = No
     0.98
     """
     _, codes = np.unique(np.asarray(clusters), return_inverse=True)
-    k = codes.max() + 1 if codes.size else 0
+    codes = codes.ravel()
     n = codes.size
+    if D is None:
+        if sample_size is None and n > _scale.EXACT_MAX_CELLS:
+            sample_size = _scale.SILHOUETTE_SAMPLE
+        if sample_size is not None and sample_size < n:
+            cells = stratified_sample(codes, sample_size, _subsample_rng(random_state))
+            return _silhouettes_blockwise(np.asarray(X)[cells], [codes[cells]])[0]
+    k = codes.max() + 1 if codes.size else 0
     if k < 2 or k >= n:
         return float("nan")
     if D is None:
@@ -98,17 +177,7 @@ def silhouette(X: np.ndarray, clusters: np.ndarray, *, D: np.ndarray | None = No
         D = pairwise_distances(np.asarray(X, dtype=np.float64))
     onehot = np.zeros((n, k), dtype=D.dtype)
     onehot[np.arange(n), codes] = 1.0
-    sums = D @ onehot  # (n, k) distance sums to each cluster
-    sizes = onehot.sum(axis=0)
-    own = sizes[codes]
-    a = sums[np.arange(n), codes] / np.maximum(own - 1, 1)
-    mean_other = sums / sizes
-    mean_other[np.arange(n), codes] = np.inf
-    b = mean_other.min(axis=1)
-    s = (b - a) / np.maximum(a, b)
-    s[own == 1] = 0.0  # sklearn's convention for singletons
-    s = np.nan_to_num(s)
-    return float(s.mean())
+    return _silhouette_from_sums(D @ onehot, codes)
 
 
 def hungarian_jaccard(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float | None]:
@@ -163,7 +232,8 @@ def cluster_metrics(
     clusters
         ``(n,)`` cluster assignments.
     X
-        Optional features for the silhouette (Euclidean).
+        Optional features for the silhouette (Euclidean; above :data:`~stmorph.eval.EXACT_MAX_CELLS` cells, on a
+        stratified sample, see :func:`silhouette`).
     D
         Optional precomputed distance matrix for the silhouette.
 
@@ -198,81 +268,14 @@ def cluster_metrics(
     }
 
 
-def knn_graph(X: np.ndarray, k: int, *, random_state: int = 0):
-    """UMAP fuzzy-union kNN connectivities of ``X`` with exact neighbours (scanpy's ``pp.neighbors`` weights).
-
-    Re-implemented in numpy (smooth kNN distances with ``local_connectivity=1``, fuzzy union) because scanpy's
-    path compiles umap's numba kernels on first use (about 20 s here), which would dominate a one-space run.
-
-    Parameters
-    ----------
-    X
-        ``(n, d)`` features.
-    k
-        Number of neighbours including the cell itself (scanpy's convention).
-    random_state
-        Unused (exact neighbours are deterministic); kept for API symmetry.
-
-    Returns
-    -------
-    ``(n, n)`` symmetric sparse connectivities (CSR).
-
-    Examples
-    --------
-    >>> G = knn_graph(np.random.default_rng(0).normal(size=(50, 3)), 5)
-    >>> G.shape, bool(abs(G - G.T).max() < 1e-12)
-    ((50, 50), True)
-    """
-    import scipy.sparse as sp
-    from sklearn.neighbors import NearestNeighbors
-
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    k = int(min(k, n))
-    if k < 2:
-        raise StmorphInputError(f"k={k}", expected="at least 2 neighbours (including the cell itself)")
-    dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
-    d = dist[:, 1:]
-    nbr = idx[:, 1:]
-    rho = np.where(d > 0, d, np.inf).min(axis=1)
-    rho[~np.isfinite(rho)] = 0.0
-    target = np.log2(k)
-    lo, hi = np.zeros(n), np.full(n, np.inf)
-    mid = np.ones(n)
-    for _ in range(64):
-        psum = np.exp(-np.maximum(d - rho[:, None], 0.0) / mid[:, None]).sum(axis=1)
-        too_big = psum > target
-        hi = np.where(too_big, mid, hi)
-        lo = np.where(too_big, lo, mid)
-        mid = np.where(np.isfinite(hi), (lo + hi) / 2.0, mid * 2.0)
-        if np.all(np.abs(psum - target) < 1e-5):
-            break
-    mean_d = dist.mean(axis=1)
-    sigma = np.maximum(mid, 1e-3 * np.where(rho > 0, mean_d, mean_d.mean()))
-    w = np.exp(-np.maximum(d - rho[:, None], 0.0) / sigma[:, None])
-    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k - 1), nbr.ravel())), shape=(n, n))
-    Wt = W.T.tocsr()
-    G = (W + Wt - W.multiply(Wt)).tocsr()
-    G.eliminate_zeros()
-    return G
-
-
-def _edges(G) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(n, edges (m, 2), weights (m,))`` of a symmetric sparse graph, one edge per neighbour pair."""
-    G = G.tocsr()
-    sources, targets = G.nonzero()
-    mask = sources < targets
-    return G.shape[0], np.column_stack([sources[mask], targets[mask]]), np.asarray(G[sources[mask], targets[mask]]).ravel()
-
-
-def _to_igraph(G):
-    """Weighted undirected igraph of a symmetric sparse graph or of an :func:`_edges` triple."""
-    import igraph as ig
-
-    n, edges, weights = G if isinstance(G, tuple) else _edges(G)
-    g = ig.Graph(n=n, edges=edges, directed=False)
-    g.es["weight"] = weights
-    return g
+def _silhouette_sample(n: int, strata: np.ndarray | None, random_state: int) -> np.ndarray:
+    """The rows of the tuning's silhouettes above :data:`~stmorph.eval.EXACT_MAX_CELLS` cells: a sample of
+    :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells stratified by ``strata`` (uniform without), seeded."""
+    if strata is None:
+        strata = np.zeros(n, dtype=np.int8)
+    elif len(strata) != n:
+        raise StmorphInputError(f"strata of length {len(strata)} for {n} cells", expected="one stratum per cell")
+    return stratified_sample(strata, _scale.SILHOUETTE_SAMPLE, _subsample_rng(random_state))
 
 
 def _pick_best(table: pd.DataFrame, warning: str) -> tuple[pd.Series, bool]:
@@ -288,196 +291,9 @@ def _pick_best(table: pd.DataFrame, warning: str) -> tuple[pd.Series, bool]:
     return most.loc[sil.idxmax()], False
 
 
-def _leiden_task(task: tuple) -> np.ndarray:
-    """One Leiden run from plain data (picklable, for worker processes): single space or multiplex, either
-    protocol."""
-    kind, graphs, resolution, weights, random_state, backend = task
-    if kind == "multiplex":
-        return _leiden_multiplex([_to_igraph(e) for e in graphs], resolution, weights, random_state)
-    if kind == "study":
-        return _study_leiden(graphs, resolution, random_state)
-    if kind == "study_multiplex":
-        return _study_multiplex(graphs, resolution, weights, random_state)
-    return _leiden(_to_igraph(graphs), resolution, random_state, backend)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence scanpy's/muon's warnings about their defaults inside a block (the study's defaults are wanted)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
-
-
-def study_neighbors(X: np.ndarray, k: int, *, random_state: int = 0):
-    """The study's kNN graph: ``scanpy.pp.neighbors(adata, n_neighbors=k, n_pcs=0, random_state=137 + random_state)``.
-
-    ``n_pcs=0`` makes scanpy use ``adata.X`` (the features themselves, no PCA). Connectivities are UMAP's fuzzy
-    union; neighbours are exact below 8,192 cells (scanpy's brute-force shortcut for Euclidean metrics), else
-    pynndescent's approximation.
-
-    Parameters
-    ----------
-    X
-        ``(n, d)`` features.
-    k
-        ``n_neighbors`` (including the cell itself, scanpy's convention).
-    random_state
-        Added to the study's seed 137.
-
-    Returns
-    -------
-    ``(n, n)`` sparse connectivities (CSR).
-
-    Examples
-    --------
-    >>> G = study_neighbors(np.random.default_rng(0).normal(size=(40, 3)), 5)  # doctest: +SKIP
-    >>> G.shape  # doctest: +SKIP
-    (40, 40)
-    """
-    import anndata as ad
-
-    X = np.asarray(X, dtype=np.float64)
-    if int(k) < 2 or int(k) > X.shape[0]:
-        raise StmorphInputError(f"k={k} for {X.shape[0]} cells", expected="2 <= k <= number of cells")
-    with _quiet():
-        import scanpy as sc
-
-        a = ad.AnnData(X)
-        sc.pp.neighbors(a, n_neighbors=int(k), n_pcs=0, random_state=STUDY_SEED + int(random_state))
-    return a.obsp["connectivities"].tocsr()
-
-
-def _csr_parts(G) -> tuple:
-    """A CSR matrix as plain arrays (cheap to pickle for worker processes)."""
-    G = G.tocsr()
-    return (G.shape[0], G.indptr, G.indices, G.data)
-
-
-def _from_parts(parts):
-    import scipy.sparse as sp
-
-    n, indptr, indices, data = parts
-    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
-
-
-def _study_leiden(graph, resolution: float, random_state: int) -> np.ndarray:
-    """``scanpy.tl.leiden(adata, resolution=r, flavor="leidenalg")`` on the study's connectivities (scanpy's
-    defaults: directed graph, edge weights, ``n_iterations=-1``; seed ``random_state``, the study used 0)."""
-    import anndata as ad
-
-    G = _from_parts(graph)
-    with _quiet():
-        import scanpy as sc
-
-        a = ad.AnnData(np.zeros((G.shape[0], 0), dtype=np.float32))
-        sc.tl.leiden(a, resolution=float(resolution), adjacency=G, key_added="clusters", flavor="leidenalg",
-                     random_state=int(random_state))
-    return a.obs["clusters"].to_numpy().astype(str)
-
-
-def _study_multiplex(graphs, resolutions, weights, random_state: int) -> np.ndarray:
-    """``muon.tl.leiden(mdata, resolution={m: r}, mod_weights={m: w}, random_state=137 + random_state)`` with
-    muon's defaults (partitions without edge weights, directed graphs, ``n_iterations=2``), as the study ran it."""
-    import anndata as ad
-    import mudata as md
-
-    with _quiet():
-        import muon as mu
-
-        md.set_options(pull_on_update=False)
-        mods = {}
-        for name, g in zip(("m1", "m2"), graphs):
-            G = _from_parts(g)
-            a = ad.AnnData(np.zeros((G.shape[0], 0), dtype=np.float32))
-            a.obsp["connectivities"] = G
-            a.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
-            mods[name] = a
-        mdata = md.MuData(mods)
-        mu.tl.leiden(mdata, resolution={"m1": float(resolutions[0]), "m2": float(resolutions[1])},
-                     mod_weights={"m1": float(weights[0]), "m2": float(weights[1])}, key_added="clusters",
-                     random_state=STUDY_SEED + int(random_state))
-    return mdata.obs["clusters"].to_numpy().astype(str)
-
-
 def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise StmorphInputError(f"clustering protocol {protocol!r}", expected=f"one of {list(PROTOCOLS)}")
-
-
-def _run_leiden_tasks(tasks: list[tuple], n_jobs: int | None, desc: str, disable: bool | None) -> list[np.ndarray]:
-    """Run Leiden tasks, in worker processes when ``n_jobs`` allows (leidenalg holds the GIL, so threads do not
-    help). Every run is seeded on its own, so the results do not depend on ``n_jobs``. Measured on the ileum
-    stain space (21 runs of 5,194 cells, 2 idle cores): see ``benchmarks/RESULTS.md``."""
-    import multiprocessing as mp
-    import sys
-
-    from .._utils import default_num_threads
-
-    linux = sys.platform.startswith("linux")
-    # by default only where fork exists: spawn re-imports the caller's script, which breaks scripts without a
-    # `if __name__ == "__main__":` guard; an explicit n_jobs > 1 uses spawn there
-    workers = (default_num_threads() if linux else 1) if n_jobs in (None, -1) else max(1, int(n_jobs))
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return [_leiden_task(t) for t in progress(tasks, desc=desc, disable=disable)]
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork is cheap and inherits the imports; elsewhere (macOS, Windows) spawn re-imports stmorph in each worker
-    ctx = mp.get_context("fork" if linux else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        return list(progress(ex.map(_leiden_task, tasks), total=len(tasks), desc=desc, disable=disable))
-
-
-def _leiden_multiplex(graphs, resolutions, weights, random_state: int, n_iterations: int = 2) -> np.ndarray:
-    """leidenalg's multiplex optimiser over RB-configuration partitions (one per layer), with edge weights.
-
-    This is what ``muon.tl.leiden`` runs (same partitions, optimiser and layer weights), except that muon builds
-    its partitions without ``weights=`` unless ``partition_kwargs={"weights": "weight"}`` is passed, so by
-    default it clusters the *unweighted* kNN graphs, and muon lists every edge twice (same objective up to a
-    factor, but a different optimisation path). Here the connectivities are used, as in the single-space Leiden.
-    """
-    import leidenalg as la
-
-    parts = [la.RBConfigurationVertexPartition(g, weights="weight", resolution_parameter=float(r))
-             for g, r in zip(graphs, resolutions)]
-    opt = la.Optimiser()
-    opt.set_rng_seed(int(random_state))  # always seeded (muon seeds only a non-zero random_state)
-    opt.optimise_partition_multiplex(parts, layer_weights=[float(w) for w in weights], n_iterations=n_iterations)
-    return np.asarray(parts[0].membership)
-
-
-def _leiden(g, resolution: float, random_state: int, backend: str = "leidenalg") -> np.ndarray:
-    """Single-space Leiden (RB configuration = modularity with resolution, edge weights).
-
-    ``"leidenalg"`` (default): the optimiser of the multiplex (:func:`_leiden_multiplex`) and of scanpy's leidenalg
-    flavour, so a resolution tuned here means the same there. ``"igraph"``: igraph's ``community_leiden``, measured
-    ~15-20x faster (0.04 vs 0.5-1.4 s per run on the ileum) and reaching a slightly higher quality, but with more
-    clusters at the same resolution (ileum TC, k=10, res 0.2: 11 vs 5), so its resolutions do not transfer to the
-    multiplex optimiser (that mismatch made TC+stain collapse to 3 clusters); use it only without multiplex.
-    """
-    if backend == "igraph":
-        import random
-
-        import igraph as ig
-
-        ig.set_random_number_generator(random.Random(random_state))
-        try:
-            part = g.community_leiden(objective_function="modularity", weights="weight", resolution=resolution,
-                                      n_iterations=2)
-        finally:
-            ig.set_random_number_generator(random)
-        return np.asarray(part.membership)
-    if backend != "leidenalg":
-        raise StmorphInputError(f"leiden backend {backend!r}", expected="'leidenalg' or 'igraph'")
-    import leidenalg as la
-
-    part = la.RBConfigurationVertexPartition(g, weights="weight", resolution_parameter=float(resolution))
-    opt = la.Optimiser()
-    opt.set_rng_seed(int(random_state))
-    opt.optimise_partition(part, n_iterations=2)
-    return np.asarray(part.membership)
 
 
 @dataclass
@@ -503,6 +319,12 @@ class LeidenResult:
         The bound: clusterings with at most this many clusters were not eligible.
     protocol
         ``"fast"`` or ``"study"``.
+    silhouette_cells
+        The rows the silhouettes were computed on (a stratified sample above
+        :data:`~stmorph.eval.EXACT_MAX_CELLS` cells); ``None``: every cell.
+    approximate_knn
+        Whether the kNN graphs used approximate neighbours (``"fast"``: above
+        :data:`~stmorph.eval.APPROX_KNN_MIN_CELLS` cells; ``"study"``: scanpy's, from 8,192 cells).
     """
 
     clusters: np.ndarray
@@ -514,6 +336,8 @@ class LeidenResult:
     bound_met: bool = True
     min_clusters: int = 5
     protocol: str = "fast"
+    silhouette_cells: np.ndarray | None = field(default=None, repr=False)
+    approximate_knn: bool = False
 
 
 def _grid_or_default(values, protocol: str, fast: tuple, study: tuple) -> tuple:
@@ -532,12 +356,19 @@ def leiden_tune(
     backend: str = "leidenalg",
     n_jobs: int | None = -1,
     protocol: str = "fast",
+    strata: np.ndarray | None = None,
 ) -> LeidenResult:
     """Leiden clustering with ``k`` and resolution chosen by the highest silhouette among clusterings with more than
     ``min_clusters`` clusters.
 
     One kNN graph per ``k`` is reused for all resolutions. If no grid point has more than ``min_clusters``
     clusters, the clustering with the most clusters is returned with ``bound_met=False`` (and a warning).
+
+    At scale (``docs/distributed.md``, "Evaluation at scale"): the ``"fast"`` graphs use approximate neighbours
+    above :data:`~stmorph.eval.APPROX_KNN_MIN_CELLS` cells, and above :data:`~stmorph.eval.EXACT_MAX_CELLS`
+    cells (without ``D``) every grid point's silhouette is computed on one sample of
+    :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells stratified by ``strata`` (seeded by ``random_state``), so the
+    grid points are compared on the same cells and no ``n x n`` matrix is built.
 
     Parameters
     ----------
@@ -562,6 +393,10 @@ def leiden_tune(
         Worker processes for the Leiden runs (-1: all cores; 1: in this process). Results do not depend on it.
     protocol
         ``"fast"`` (default) or ``"study"`` (the study's scanpy code and grid; module docstring).
+    strata
+        ``(n,)`` labels (e.g. the reference labels) stratifying the silhouettes' sample above
+        :data:`~stmorph.eval.EXACT_MAX_CELLS` cells (proportional allocation); ``None``: a uniform sample.
+        Unused below the threshold.
 
     Returns
     -------
@@ -585,7 +420,11 @@ def leiden_tune(
     resolutions = _grid_or_default(resolutions, protocol, DEFAULT_RESOLUTIONS, STUDY_RESOLUTIONS)
     if not k_grid or not resolutions:
         raise StmorphInputError("empty Leiden grid", expected="at least one k and one resolution")
-    if D is None:
+    n = X.shape[0]
+    cells = None
+    if D is None and n > _scale.EXACT_MAX_CELLS:
+        cells = _silhouette_sample(n, strata, random_state)
+    elif D is None:
         D = pairwise_distances(X)
     rows, results = [], {}
     grid = [(int(k), float(r)) for k in k_grid for r in resolutions]
@@ -600,9 +439,11 @@ def leiden_tune(
         edges = {k: _edges(G) for k, G in graphs.items()}
         tasks = [("single", edges[k], r, None, random_state, backend) for k, r in grid]
     memberships = _run_leiden_tasks(tasks, n_jobs, "Leiden grid", disable)
-    for (k, r), cl in zip(grid, memberships):
+    if cells is not None:
+        sils = _silhouettes_blockwise(X[cells], [np.asarray(cl)[cells] for cl in memberships])
+    for i, ((k, r), cl) in enumerate(zip(grid, memberships)):
         n_cl = int(np.unique(cl).size)
-        sil = silhouette(X, cl, D=D)
+        sil = silhouette(X, cl, D=D) if cells is None else sils[i]
         rows.append({"k": int(k), "resolution": float(r), "n_clusters": n_cl, "silhouette": sil,
                      "eligible": n_cl > min_clusters})
         results[(k, r)] = cl
@@ -610,8 +451,10 @@ def leiden_tune(
     best, met = _pick_best(table, f"no (k, resolution) gave more than {min_clusters} clusters; keeping the one with "
                                   "the most (bound_met=False)")
     k, r = int(best["k"]), float(best["resolution"])
+    approximate = n >= _graphs.SCANPY_APPROX_MIN_CELLS if protocol == "study" else n > _graphs.APPROX_KNN_MIN_CELLS
     return LeidenResult(np.asarray(results[(k, r)]).astype(str), k, r, float(best["silhouette"]), table, graphs,
-                        bound_met=met, min_clusters=int(min_clusters), protocol=protocol)
+                        bound_met=met, min_clusters=int(min_clusters), protocol=protocol, silhouette_cells=cells,
+                        approximate_knn=approximate)
 
 
 @dataclass
@@ -635,6 +478,9 @@ class MultiplexResult:
         The bound.
     protocol
         ``"fast"`` or ``"study"``.
+    silhouette_cells
+        The rows the silhouettes were computed on (a stratified sample above
+        :data:`~stmorph.eval.EXACT_MAX_CELLS` cells); ``None``: every cell.
     """
 
     clusters: np.ndarray
@@ -644,6 +490,7 @@ class MultiplexResult:
     bound_met: bool = True
     min_clusters: int = 5
     protocol: str = "fast"
+    silhouette_cells: np.ndarray | None = field(default=None, repr=False)
 
 
 def multiplex_leiden(
@@ -660,6 +507,7 @@ def multiplex_leiden(
     show_progress: bool | None = None,
     n_jobs: int | None = -1,
     protocol: str = "fast",
+    strata: np.ndarray | None = None,
 ) -> MultiplexResult:
     """Multiplex Leiden (muon's multiplex optimiser) of two spaces, modality weight chosen by mean silhouette.
 
@@ -695,6 +543,10 @@ def multiplex_leiden(
         Worker processes for the runs (-1: all cores; 1: in this process). Results do not depend on it.
     protocol
         ``"fast"`` (default) or ``"study"``.
+    strata
+        As in :func:`leiden_tune`: above :data:`~stmorph.eval.EXACT_MAX_CELLS` cells (without ``D``) the
+        silhouettes use one sample stratified by ``strata`` (the same cells as :func:`leiden_tune`'s with the same
+        ``strata`` and ``random_state``).
 
     Returns
     -------
@@ -721,7 +573,11 @@ def multiplex_leiden(
     if graphs is None:
         build = study_neighbors if protocol == "study" else knn_graph
         graphs = (build(X1, k[0], random_state=random_state), build(X2, k[1], random_state=random_state))
-    if D is None:
+    n = X1.shape[0]
+    cells = None
+    if D is None and n > _scale.EXACT_MAX_CELLS:
+        cells = _silhouette_sample(n, strata, random_state)
+    elif D is None:
         D = (pairwise_distances(X1), pairwise_distances(X2))
     rows, results = [], {}
     disable = None if show_progress is None else not show_progress
@@ -731,11 +587,13 @@ def multiplex_leiden(
     else:
         edges = [_edges(G) for G in graphs]
         tasks = [("multiplex", edges, resolution, (w, 1.0 - w), random_state, None) for w in weights]
-    memberships = _run_leiden_tasks(tasks, n_jobs, "multiplex weights", disable)
-    for w, cl in zip(weights, memberships):
-        cl = np.asarray(cl).astype(str)
+    memberships = [np.asarray(cl).astype(str) for cl in _run_leiden_tasks(tasks, n_jobs, "multiplex weights", disable)]
+    if cells is not None:
+        sub = [cl[cells] for cl in memberships]
+        sils = list(zip(_silhouettes_blockwise(X1[cells], sub), _silhouettes_blockwise(X2[cells], sub)))
+    for i, (w, cl) in enumerate(zip(weights, memberships)):
         n_cl = int(np.unique(cl).size)
-        s1, s2 = silhouette(X1, cl, D=D[0]), silhouette(X2, cl, D=D[1])
+        s1, s2 = (silhouette(X1, cl, D=D[0]), silhouette(X2, cl, D=D[1])) if cells is None else sils[i]
         rows.append({"weight": float(w), "n_clusters": n_cl, "silhouette_1": s1, "silhouette_2": s2,
                      "silhouette": (s1 + s2) / 2, "eligible": n_cl > min_clusters})
         results[float(w)] = cl
@@ -744,4 +602,4 @@ def multiplex_leiden(
                                   "(bound_met=False)")
     w = float(best["weight"])
     return MultiplexResult(results[w], w, float(best["silhouette"]), table, bound_met=met,
-                           min_clusters=int(min_clusters), protocol=protocol)
+                           min_clusters=int(min_clusters), protocol=protocol, silhouette_cells=cells)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from pathlib import Path
@@ -124,7 +125,8 @@ class EvalResults:
     Attributes
     ----------
     summary
-        The JSON-ready summary (schema of ``summary.json``).
+        The JSON-ready summary (schema of ``summary.json``), including ``scaling``: what was subsampled or
+        approximated at this number of cells (:func:`evaluate_spaces`).
     tables
         Named DataFrames (pairwise tests, per-label accuracy, grids, ridge results, clusters).
     timings
@@ -564,10 +566,31 @@ def align_inputs(
     return out, labels.loc[order], report
 
 
-def _record(timings: dict, key: str, t_wall: float, t_cpu: float) -> None:
-    """Store wall seconds under ``key`` and process CPU seconds (all threads) under ``key + " cpu"``."""
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Time the block: wall seconds under ``key``, process CPU seconds (all threads) under ``key + " cpu"``.
+
+    Nothing is recorded when the block raises.
+    """
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    yield
     timings[key] = time.perf_counter() - t_wall
     timings[f"{key} cpu"] = time.process_time() - t_cpu
+
+
+def _note_subsample(scaling: dict, test: str, df: pd.DataFrame) -> None:
+    """Record in ``scaling["subsampled"][test]`` the stratified subsample a pairwise test ran on (if any)."""
+    sub = df.attrs.get("subsample")
+    if sub is not None:
+        scaling["subsampled"][test] = {"stratified_by": "label", **sub}
+
+
+def _note_clustering(scaling: dict, silhouette_cells: np.ndarray | None, approximate_knn: bool) -> None:
+    """Record the silhouettes' sample (if any) and whether a tuning used approximate neighbours."""
+    if silhouette_cells is not None:
+        scaling["subsampled"]["silhouette"] = {"stratified_by": "label (proportional)",
+                                               "n_cells": int(len(silhouette_cells))}
+    scaling["approximate_knn"] = bool(scaling["approximate_knn"] or approximate_knn)
 
 
 def _clean(x):
@@ -604,6 +627,15 @@ def evaluate_spaces(
     Every clustering entry of the summary carries ``bound_met`` (more than ``min_clusters`` clusters) and the
     ``protocol`` that tuned it.
 
+    Up to :data:`~stmorph.eval.EXACT_MAX_CELLS` cells every analysis uses every cell. Above it nothing of size
+    ``n x n`` is built: the pairwise tests run on one seeded subsample with at most
+    :data:`~stmorph.eval.MAX_CELLS_PER_LABEL` cells per label, the silhouettes (tuning grid, multiplex weights and
+    the summary) on one seeded sample of :data:`~stmorph.eval.SILHOUETTE_SAMPLE` cells stratified by label, and
+    above :data:`~stmorph.eval.APPROX_KNN_MIN_CELLS` cells the ``"fast"`` graphs use approximate neighbours.
+    ``summary["scaling"]`` says what was done: ``{"n_cells", "exact_max_cells", "approx_knn_min_cells",
+    "subsampled": {analysis: {"n_cells", ...}}, "approximate_knn"}`` (``subsampled`` is empty below the
+    threshold). See ``docs/distributed.md``, "Evaluation at scale".
+
     Parameters
     ----------
     spaces
@@ -622,8 +654,8 @@ def evaluate_spaces(
         Overrides ``config.protocol`` (``"fast"`` or ``"study"``).
     fold_panels
         ``{space name: (X_full, select)}`` for spaces that are a panel chosen with the labels (e.g. the DE gene
-        panel of :func:`de_gene_subset`): the classification then fits ``select(X_train, y_train)`` (e.g.
-        :func:`de_gene_columns`) on ``X_full`` inside each training fold, and the summary reports that
+        panel of :func:`stmorph.pp.de_gene_subset`): the classification then fits ``select(X_train, y_train)`` (e.g.
+        :func:`stmorph.pp.de_gene_columns`) on ``X_full`` inside each training fold, and the summary reports that
         ``balanced_accuracy`` next to ``balanced_accuracy_leaky`` (the space as given, panel chosen on all cells)
         and their difference ``leakage``. The other analyses use the space as given.
 
@@ -642,6 +674,9 @@ def evaluate_spaces(
     """
     from sklearn.metrics import pairwise_distances
 
+    from .._cluster import _graphs
+    from ..pp import normalize_counts
+    from . import _scale
     from ._classify import rf_classification
     from ._cluster import (
         DEFAULT_K_GRID,
@@ -655,8 +690,9 @@ def evaluate_spaces(
         leiden_tune,
         multiplex_leiden,
     )
-    from ._genes import latent_f_tests, normalize_counts, ridge_gene_prediction
-    from ._stats import pairwise_permanova, pairwise_permdisp, zscore
+    from ._genes import latent_f_tests, ridge_gene_prediction
+    from ._pairwise import pairwise_permanova, pairwise_permdisp
+    from ._permutation import zscore
 
     cfg = config or EvalConfig()
     if protocol is not None:
@@ -695,103 +731,116 @@ def evaluate_spaces(
     for name in fold_panels:
         if name not in mats:
             raise StmorphInputError(f"fold panel {name!r} is not a feature space", expected=f"one of {list(mats)}")
+    exact = n <= _scale.EXACT_MAX_CELLS  # above: subsampled tests and silhouettes, never an n x n object
+    scaling: dict = {"n_cells": int(n), "exact_max_cells": _scale.EXACT_MAX_CELLS,
+                     "approx_knn_min_cells": _graphs.APPROX_KNN_MIN_CELLS, "subsampled": {}, "approximate_knn": False}
     for name, M in mats.items():
         entry: dict = {"n_cells": int(n), "n_features": int(M.shape[1])}
         Z = zscore(M) if cfg.standardize else M
         if cfg.run_classification:
-            t, tc = time.perf_counter(), time.process_time()
-            rf_kw = dict(n_trees=cfg.n_trees, n_splits=cfg.n_splits, random_state=cfg.random_state,
-                         n_jobs=cfg.rf_n_jobs, max_samples=cfg.rf_max_samples, show_progress=show_progress,
-                         backend=cfg.rf_backend)
-            cr = rf_classification(M, y, **rf_kw)
-            entry["classification"] = {"balanced_accuracy": cr.balanced_accuracy, "per_label": cr.per_label.to_dict()}
-            if name in fold_panels:
-                X_full, select = fold_panels[name]
-                X_full = np.asarray(X_full, dtype=np.float64)
-                if X_full.ndim != 2 or X_full.shape[0] != n:
-                    raise StmorphInputError(f"fold panel {name!r}: features of shape {X_full.shape}",
-                                            expected=f"({n}, n_features): one row per labelled cell")
-                leaky = cr
-                cr = rf_classification(X_full, y, select=select, **rf_kw)
-                entry["classification"] = {
-                    "balanced_accuracy": cr.balanced_accuracy, "per_label": cr.per_label.to_dict(),
-                    "panel_selection": "inside each training fold",
-                    "balanced_accuracy_leaky": leaky.balanced_accuracy, "per_label_leaky": leaky.per_label.to_dict(),
-                    "leakage": leaky.balanced_accuracy - cr.balanced_accuracy}
-                tables[f"classification_leaky_{name}"] = leaky.per_label.rename("balanced_accuracy").to_frame()
-            _record(timings, f"{name}/classification", t, tc)
+            with _timed(timings, f"{name}/classification"):
+                rf_kw = dict(n_trees=cfg.n_trees, n_splits=cfg.n_splits, random_state=cfg.random_state,
+                             n_jobs=cfg.rf_n_jobs, max_samples=cfg.rf_max_samples, show_progress=show_progress,
+                             backend=cfg.rf_backend)
+                cr = rf_classification(M, y, **rf_kw)
+                entry["classification"] = {"balanced_accuracy": cr.balanced_accuracy,
+                                           "per_label": cr.per_label.to_dict()}
+                if name in fold_panels:
+                    X_full, select = fold_panels[name]
+                    X_full = np.asarray(X_full, dtype=np.float64)
+                    if X_full.ndim != 2 or X_full.shape[0] != n:
+                        raise StmorphInputError(f"fold panel {name!r}: features of shape {X_full.shape}",
+                                                expected=f"({n}, n_features): one row per labelled cell")
+                    leaky = cr
+                    cr = rf_classification(X_full, y, select=select, **rf_kw)
+                    entry["classification"] = {
+                        "balanced_accuracy": cr.balanced_accuracy, "per_label": cr.per_label.to_dict(),
+                        "panel_selection": "inside each training fold",
+                        "balanced_accuracy_leaky": leaky.balanced_accuracy,
+                        "per_label_leaky": leaky.per_label.to_dict(),
+                        "leakage": leaky.balanced_accuracy - cr.balanced_accuracy}
+                    tables[f"classification_leaky_{name}"] = leaky.per_label.rename("balanced_accuracy").to_frame()
             tables[f"classification_{name}"] = cr.per_label.rename("balanced_accuracy").to_frame()
             tables[f"confusion_{name}"] = cr.confusion
         if cfg.run_permanova:
-            t, tc = time.perf_counter(), time.process_time()
-            df = pairwise_permanova(Z, y, permutations=cfg.permutations, random_state=cfg.random_state,
-                                    standardize=False, alpha=cfg.alpha, show_progress=show_progress)
-            _record(timings, f"{name}/permanova", t, tc)
+            with _timed(timings, f"{name}/permanova"):
+                df = pairwise_permanova(Z, y, permutations=cfg.permutations, random_state=cfg.random_state,
+                                        standardize=False, alpha=cfg.alpha, show_progress=show_progress)
             tables[f"permanova_{name}"] = df
             entry["permanova"] = {"n_pairs": int(len(df)), "n_significant": int(df["significant"].sum())}
+            _note_subsample(scaling, "permanova", df)
         if cfg.run_permdisp:
             for i, test in enumerate(cfg.permdisp_tests):
-                t, tc = time.perf_counter(), time.process_time()
-                df = pairwise_permdisp(Z, y, test=test, permutations=cfg.permutations, random_state=cfg.random_state,
-                                       standardize=False, alpha=cfg.alpha, show_progress=show_progress)
-                _record(timings, f"{name}/permdisp_{test}", t, tc)
+                with _timed(timings, f"{name}/permdisp_{test}"):
+                    df = pairwise_permdisp(Z, y, test=test, permutations=cfg.permutations,
+                                           random_state=cfg.random_state, standardize=False, alpha=cfg.alpha,
+                                           show_progress=show_progress)
                 tables[f"permdisp_{test}_{name}"] = df
                 res = {"n_pairs": int(len(df)), "n_significant": int(df["significant"].sum()), "test": test}
                 if i == 0:
                     entry["permdisp"] = res
                 else:
                     entry[f"permdisp_{test}"] = res
+                _note_subsample(scaling, f"permdisp_{test}", df)
         if cfg.run_clustering:
-            t, tc = time.perf_counter(), time.process_time()
-            C = Z  # both protocols cluster the same (z-scored) features: they differ only in the clustering
-            D = pairwise_distances(C)
-            lr = leiden_tune(C, k_grid=cfg.k_grid, resolutions=cfg.resolutions, min_clusters=cfg.min_clusters,
-                             backend=cfg.leiden_backend, n_jobs=cfg.leiden_n_jobs, protocol=cfg.protocol,
-                             random_state=cfg.random_state, D=D, show_progress=show_progress)
-            met = cluster_metrics(y, lr.clusters, D=D)
-            _record(timings, f"{name}/clustering", t, tc)
+            with _timed(timings, f"{name}/clustering"):
+                C = Z  # both protocols cluster the same (z-scored) features: they differ only in the clustering
+                # up to EXACT_MAX_CELLS: one n x n distance matrix for all silhouettes; above: silhouettes on a
+                # sample of the cells stratified by label (the same sample for every grid point and space)
+                D = pairwise_distances(C) if exact else None
+                lr = leiden_tune(C, k_grid=cfg.k_grid, resolutions=cfg.resolutions, min_clusters=cfg.min_clusters,
+                                 backend=cfg.leiden_backend, n_jobs=cfg.leiden_n_jobs, protocol=cfg.protocol,
+                                 random_state=cfg.random_state, D=D, show_progress=show_progress,
+                                 strata=None if exact else y)
+                if exact:
+                    met = cluster_metrics(y, lr.clusters, D=D)
+                else:
+                    met = cluster_metrics(y, lr.clusters) | {"silhouette": lr.silhouette}
             entry["clustering"] = {"k": lr.k, "resolution": lr.resolution, "protocol": lr.protocol,
                                    "bound_met": lr.bound_met, "min_clusters": lr.min_clusters} | met
             tables[f"leiden_grid_{name}"] = lr.grid
             clusters_df[name] = lr.clusters
             tuned[name] = (C, lr, D)
+            _note_clustering(scaling, lr.silhouette_cells, lr.approximate_knn)
         summary["feature_spaces"][name] = entry
     for a, b in multiplex:
         if a not in mats or b not in mats:
             raise StmorphInputError(f"multiplex pair {a}+{b} names an unknown space", expected=f"names in {list(mats)}")
         if not cfg.run_clustering:
             break
-        t, tc = time.perf_counter(), time.process_time()
-        (Za, la, Da), (Zb, lb, Db) = tuned[a], tuned[b]
-        mr = multiplex_leiden(Za, Zb, k=(la.k, lb.k), resolution=(la.resolution, lb.resolution),
-                              weights=cfg.multiplex_weights, min_clusters=cfg.min_clusters,
-                              random_state=cfg.random_state, graphs=(la.graphs[la.k], lb.graphs[lb.k]), D=(Da, Db),
-                              show_progress=show_progress, n_jobs=cfg.leiden_n_jobs, protocol=cfg.protocol)
-        met = cluster_metrics(y, mr.clusters)
-        met["silhouette"] = mr.silhouette
-        _record(timings, f"{a}+{b}/multiplex", t, tc)
+        with _timed(timings, f"{a}+{b}/multiplex"):
+            (Za, la, Da), (Zb, lb, Db) = tuned[a], tuned[b]
+            mr = multiplex_leiden(Za, Zb, k=(la.k, lb.k), resolution=(la.resolution, lb.resolution),
+                                  weights=cfg.multiplex_weights, min_clusters=cfg.min_clusters,
+                                  random_state=cfg.random_state, graphs=(la.graphs[la.k], lb.graphs[lb.k]),
+                                  D=(Da, Db) if exact else None, show_progress=show_progress, n_jobs=cfg.leiden_n_jobs,
+                                  protocol=cfg.protocol, strata=None if exact else y)
+            met = cluster_metrics(y, mr.clusters)
+            met["silhouette"] = mr.silhouette
         summary["multiplex"][f"{a}+{b}"] = {"weight": mr.weight, "protocol": mr.protocol, "bound_met": mr.bound_met,
                                             "min_clusters": mr.min_clusters} | met
         tables[f"multiplex_grid_{a}+{b}"] = mr.grid
         clusters_df[f"{a}+{b}"] = mr.clusters
+        _note_clustering(scaling, mr.silhouette_cells, False)
     for name, counts in (ridge or {}).items():
         if name not in mats:
             raise StmorphInputError(f"ridge space {name!r} is not a feature space", expected=f"one of {list(mats)}")
-        t, tc = time.perf_counter(), time.process_time()
-        C = np.asarray(counts, dtype=np.float64)
-        if C.shape[0] != n:
-            raise StmorphInputError(f"counts have {C.shape[0]} rows, labels {n}", expected="the same cells")
-        genes = [str(g) for g in counts.columns] if isinstance(counts, pd.DataFrame) else [f"g{i}" for i in range(C.shape[1])]
-        Y = normalize_counts(C)
-        r2 = ridge_gene_prediction(mats[name], Y, genes, alpha=cfg.ridge_alpha, test_size=cfg.ridge_test_size,
-                                   random_state=cfg.random_state)
-        ft = latent_f_tests(mats[name], Y, genes)
-        _record(timings, f"{name}/ridge", t, tc)
+        with _timed(timings, f"{name}/ridge"):
+            C = np.asarray(counts, dtype=np.float64)
+            if C.shape[0] != n:
+                raise StmorphInputError(f"counts have {C.shape[0]} rows, labels {n}", expected="the same cells")
+            genes = ([str(g) for g in counts.columns] if isinstance(counts, pd.DataFrame)
+                     else [f"g{i}" for i in range(C.shape[1])])
+            Y = normalize_counts(C)
+            r2 = ridge_gene_prediction(mats[name], Y, genes, alpha=cfg.ridge_alpha, test_size=cfg.ridge_test_size,
+                                       random_state=cfg.random_state)
+            ft = latent_f_tests(mats[name], Y, genes)
         tab = r2.join(ft)
         tables[f"ridge_{name}"] = tab
         summary["ridge"][name] = {"r2": tab["r2"].to_dict(), "padj": tab["padj"].to_dict()}
     tables["clusters"] = clusters_df
     summary["config"] = asdict(cfg)
+    summary["scaling"] = scaling
     return EvalResults(summary=_clean(summary), tables=tables, timings=timings)
 
 

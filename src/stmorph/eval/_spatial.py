@@ -407,7 +407,7 @@ def knn_colocalization(
     >>> df["pvalue"].tolist()
     [0.01, 0.01]
     """
-    from sklearn.neighbors import NearestNeighbors
+    from .._cluster._graphs import _neighbors
 
     xy = np.asarray(coords, dtype=np.float64)
     cats, codes = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
@@ -415,7 +415,8 @@ def knn_colocalization(
     if xy.ndim != 2 or xy.shape[0] != n:
         raise StmorphInputError(f"coordinates {xy.shape} and {n} cluster labels", expected="one (x, y) per cell")
     k = int(min(n_neighbors, n - 1))
-    nbr = NearestNeighbors(n_neighbors=k + 1).fit(xy).kneighbors(xy, return_distance=False)[:, 1:]
+    # exact at any size: a k-d tree on 2-D/3-D coordinates is O(n log n)
+    nbr = _neighbors(xy, k + 1, approximate=False)[1][:, 1:]
     G = cats.size
     sizes = np.bincount(codes, minlength=G).astype(np.float64)
 

@@ -130,7 +130,7 @@ def evaluate_study(
     fold_panels = {}
     de_spaces = [name for name, df in frames.items() if (df.attrs.get("stmorph_panel") or {}).get("method") == "de"]
     if de_spaces:
-        from ..eval import de_gene_columns, normalize_counts
+        from ..pp import de_gene_columns, normalize_counts
 
         a = sample.adata[common]
         Xc = normalize_counts(a.X.toarray() if hasattr(a.X, "toarray") else a.X)

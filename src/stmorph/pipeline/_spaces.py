@@ -109,7 +109,7 @@ def _counts(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
 def _gene_subset(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     """Counts restricted to a limited gene panel: ``method`` = "pca" (top loadings of the first PCs),
     "de" (top Wilcoxon gene per label) or "random" (``n_genes``, seeded)."""
-    from ..eval import de_gene_subset, normalize_counts, pca_gene_subset, random_gene_subset
+    from ..pp import de_gene_subset, normalize_counts, pca_gene_subset, random_gene_subset
 
     a = ctx.sample.adata
     method = p.get("method", "pca")
@@ -130,7 +130,7 @@ def _gene_subset(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     df = _normalised_counts(ctx.sample, list(panel))
     if method == "de":
         # chosen with the labels the evaluation classifies: the evaluation re-chooses it inside each training fold
-        # (stmorph.eval.de_gene_columns); the mark survives the stage cache (parquet keeps DataFrame.attrs)
+        # (stmorph.pp.de_gene_columns); the mark survives the stage cache (parquet keeps DataFrame.attrs)
         df.attrs["stmorph_panel"] = {"method": "de", "label_key": ctx.label_key}
     return df
 
