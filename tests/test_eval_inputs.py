@@ -189,14 +189,33 @@ def test_read_label_table_formats(tmp_path):
         read_label_table(tmp_path / "l.tsv", label_column="nope")
 
 
-def test_drop_small_labels_shared_with_the_pipeline():
+def test_one_input_path_for_evaluate_and_run():
+    """`stmorph evaluate` and `stmorph run` align their inputs with the same function, and a label that is small
+    only among the cells every input shares is left out (before: kept, then the forest's 5 folds failed)."""
+    import stmorph.cli._evaluate as cli_eval
     import stmorph.pipeline._evaluate as pipe_eval
-    from stmorph.eval import drop_small_labels
+    from stmorph.eval import align_inputs, drop_small_labels
 
     lab = pd.Series(["a"] * 6 + ["b"] * 4 + ["c"] * 5, index=[f"c{i}" for i in range(15)])
     kept, out = drop_small_labels(lab, 5)
     assert out == {"b": 4} and set(kept) == {"a", "c"} and len(kept) == 11
-    assert "drop_small_labels" in pipe_eval.evaluate_study.__code__.co_names  # one implementation, not a copy
+    lab = pd.Series(["a"] * 6 + ["b"] * 6 + ["c"] * 6, index=[f"c{i}" for i in range(18)])
+    feats = pd.DataFrame({"f": np.arange(17.0)}, index=[f"c{i}" for i in range(17)])  # one "c" cell unshared
+    tables, labels, report = align_inputs({"A": feats}, lab, min_label_size=5)
+    assert report["small_labels_left_out"] == {} and len(labels) == 17
+    tables, labels, report = align_inputs({"A": feats.iloc[:-1]}, lab, min_label_size=5)
+    assert report["small_labels_left_out"] == {"c": 4} and set(labels) == {"a", "b"}
+    assert list(tables["A"].index) == list(labels.index) and report["n_cells"] == 12
+    for fn in (pipe_eval.evaluate_study, cli_eval.register):
+        assert "align_inputs" in _names(fn.__code__), fn  # one implementation, not a copy
+
+
+def _names(code) -> set[str]:
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            out |= _names(c)
+    return out
 
 
 # -- 5. the report counts each label pair once ------------------------------------------------------------------

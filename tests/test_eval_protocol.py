@@ -105,7 +105,7 @@ def test_multiplex_bound_reported_in_summary_json(tmp_path):
     cfg = EvalConfig(k_grid=(10,), resolutions=(0.3, 0.5), multiplex_weights=(0.3, 0.7), **ONLY_CLUSTERING)
     with pytest.warns(UserWarning):
         res = evaluate_spaces({"A": X, "B": Y}, y.astype(str), config=cfg, multiplex=[("A", "B")])
-    write_results(res, tmp_path, figures=False)
+    write_results(res, tmp_path)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["multiplex"]["A+B"]["bound_met"] is False and s["multiplex"]["A+B"]["min_clusters"] == 5
     assert s["feature_spaces"]["A"]["clustering"]["bound_met"] is False

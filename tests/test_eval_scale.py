@@ -197,7 +197,7 @@ def test_scaled_clustering_paths(monkeypatch, tmp_path):
     assert np.array_equal(mr.silhouette_cells, c)
     assert mr.grid["silhouette_1"].iloc[0] == pytest.approx(silhouette_score(Zx[c], mr.clusters[c]), rel=1e-10)
     # the scaling entry reaches summary.json
-    write_results(res, tmp_path, figures=False)
+    write_results(res, tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["scaling"] == sc
 
 

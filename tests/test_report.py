@@ -239,7 +239,8 @@ def report19(tmp_path_factory):
                      multiplex_weights=(0.5,), permdisp_tests=("median",), rf_n_jobs=1, leiden_n_jobs=1)
     res = evaluate_spaces({k: f.to_numpy() for k, f in frames.items()}, lab, config=cfg, multiplex=[("TC", "CP")],
                           ridge={"CP": pd.DataFrame(X, columns=sample.gene_names)})
-    write_results(res, out / "eval", figures=True)
+    write_results(res, out / "eval")
+    pl.write_eval_figures(res, out / "eval" / "figures")
     page = write_report(sample, frames, out / "eval", out / "report", seed=0, title="19 labels")
     return {"page": page, "html": page.read_text(), "res": res, "sample": sample, "frames": frames, "out": out}
 
@@ -358,3 +359,16 @@ def test_report_shows_bound_leakage_and_colocalization(tmp_path):
     coloc = pd.read_csv(tmp_path / "r" / "tables" / "colocalization.csv")
     assert set(coloc["cluster"].astype(str)) == {"0", "1"} and coloc["scs"].max() == pytest.approx(3.2)
     assert "Spatial co-localization score of each cluster" in html
+
+
+def test_evaluation_computes_and_never_draws():
+    """No module of stmorph.eval imports stmorph.pl or matplotlib (figures are pl's, from results objects)."""
+    for path in sorted((SRC / "eval").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert not re.match(r"^(\.\.pl|stmorph\.pl|matplotlib)", mod), (path.name, mod)
+                assert not (node.level == 2 and node.module is None and any(a.name == "pl" for a in node.names)), path.name
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("matplotlib", "stmorph.pl")) for a in node.names), path.name

@@ -75,7 +75,6 @@ def register(app: typer.Typer) -> None:
         from ..eval import (
             EvalConfig,
             align_inputs,
-            drop_small_labels,
             evaluate_spaces,
             normalize_counts,
             read_feature_table,
@@ -95,21 +94,17 @@ def register(app: typer.Typer) -> None:
             if counts is None:
                 raise StmorphInputError("--ridge needs --counts", expected="--counts PATH")
             all_tables["--counts"] = read_feature_table(counts, id_column=id_column)
-        aligned, lab, report = align_inputs(all_tables, lab, exclude_labels=exclude_label, min_overlap=min_overlap)
-        if report["missing_labels"]:
-            typer.echo(f"labels: {report['missing_labels']} cells without a label dropped")
         cfg = EvalConfig(permutations=permutations, n_trees=n_trees, random_state=seed,
                          permdisp_tests=tuple(permdisp_test), rf_max_samples=rf_max_samples, rf_backend=rf_backend,
                          leiden_backend=leiden_backend, protocol=protocol)
         min_size = cfg.n_splits if min_label_size is None else min_label_size
-        n_before = len(lab)
-        lab, small = drop_small_labels(lab, min_size)  # as stmorph run: stratified CV needs a cell per fold
-        if small:
-            typer.echo(f"labels with fewer than {min_size} cells left out: {small}")
-            aligned = {k: v.loc[lab.index] for k, v in aligned.items()}
-            report["dropped"] = {k: v + n_before - len(lab) for k, v in report["dropped"].items()}
-        report["small_labels_left_out"] = small
-        report["n_cells"] = int(len(lab))
+        # the same input path as `stmorph run` (stratified CV needs a cell of every label per fold)
+        aligned, lab, report = align_inputs(all_tables, lab, exclude_labels=exclude_label, min_overlap=min_overlap,
+                                            min_label_size=min_size)
+        if report["missing_labels"]:
+            typer.echo(f"labels: {report['missing_labels']} cells without a label dropped")
+        if report["small_labels_left_out"]:
+            typer.echo(f"labels with fewer than {min_size} cells left out: {report['small_labels_left_out']}")
         for k, v in report["dropped"].items():
             if v:
                 shown = "counts" if k == "--counts" else k
@@ -132,8 +127,12 @@ def register(app: typer.Typer) -> None:
         report["inputs"].pop("--counts", None)
         if "--counts" in report["shared_fraction"]:
             report["shared_fraction"]["counts"] = report["shared_fraction"].pop("--counts")
-        write_results(res, out, figures=not no_figures, extra={"cells": report,
+        write_results(res, out, extra={"cells": report,
                                                                 "total_seconds": time.perf_counter() - t0})
+        if not no_figures:
+            from ..pl import write_eval_figures
+
+            write_eval_figures(res, out / "figures")
         typer.echo(f"wrote {out / 'summary.json'} ({report['n_cells']} cells, {time.perf_counter() - t0:.1f} s)")
         if html_report:
             from ..pipeline.report import write_report

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import time
 import warnings
@@ -511,8 +510,13 @@ def align_inputs(
     *,
     exclude_labels: Sequence[str] = (),
     min_overlap: float = 0.5,
+    min_label_size: int = 0,
 ) -> tuple[dict[str, pd.DataFrame], pd.Series, dict]:
     """Restrict all tables and the labels to the cells they share (minus excluded labels), in one order.
+
+    The one input path of an evaluation: ``stmorph evaluate`` (tables from files) and ``stmorph run`` (spaces of
+    one sample) both call it, so labels are handled alike (missing dropped and counted, excluded, too-small left
+    out among the shared cells).
 
     Parameters
     ----------
@@ -525,11 +529,14 @@ def align_inputs(
     min_overlap
         Refuse the join when an input (a table or the labels) has fewer than this fraction of its cell ids
         shared by all inputs: ids that mostly do not match mean the wrong id column, not a subset.
+    min_label_size
+        Leave out labels with fewer shared cells than this (stratified cross-validation needs one per fold:
+        ``EvalConfig.n_splits``); ``0``: keep all.
 
     Returns
     -------
     ``(tables, labels, report)`` with ``report`` = cells per input, cells kept and dropped per input, the number
-    of missing labels dropped and the fraction of each input's ids shared.
+    of missing labels dropped, the labels left out as too small and the fraction of each input's ids shared.
 
     Examples
     --------
@@ -552,6 +559,10 @@ def align_inputs(
     excl = set(map(str, exclude_labels))
     labels = labels[~labels.isin(excl)]
     order = labels.index[labels.index.isin(shared)]
+    small: dict[str, int] = {}
+    if min_label_size > 1 and len(order):
+        kept, small = drop_small_labels(labels.loc[order], int(min_label_size))
+        order = kept.index
     if len(order) == 0:
         raise StmorphInputError("no labelled cell ids are shared by all inputs", expected="overlapping cell ids")
     out = {k: v.set_axis(ids[k]).loc[order] for k, v in tables.items()}
@@ -561,6 +572,7 @@ def align_inputs(
         "dropped": {k: int(len(v) - len(order)) for k, v in tables.items()} | {"labels": int(len(labels) - len(order))},
         "excluded_labels": sorted(excl),
         "missing_labels": n_missing,
+        "small_labels_left_out": small,
         "shared_fraction": {k: round(float(v), 4) for k, v in overlap.items()},
     }
     return out, labels.loc[order], report
@@ -594,18 +606,10 @@ def _note_clustering(scaling: dict, silhouette_cells: np.ndarray | None, approxi
 
 
 def _clean(x):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+    """JSON-safe: NaN/inf -> None, numpy values -> python (:func:`stmorph._utils.jsonable`)."""
+    from .._utils import jsonable
+
+    return jsonable(x, finite=True, default=lambda v: v)
 
 
 def evaluate_spaces(
@@ -844,8 +848,8 @@ def evaluate_spaces(
     return EvalResults(summary=_clean(summary), tables=tables, timings=timings)
 
 
-def write_results(results: EvalResults, out_dir: str | PathLike, *, figures: bool = True, extra: dict | None = None) -> Path:
-    """Write ``summary.json``, one CSV per table and (optionally) figures into ``out_dir``.
+def write_results(results: EvalResults, out_dir: str | PathLike, *, extra: dict | None = None) -> Path:
+    """Write ``summary.json`` and one CSV per table into ``out_dir`` (figures: :func:`stmorph.pl.write_eval_figures`).
 
     Parameters
     ----------
@@ -853,8 +857,6 @@ def write_results(results: EvalResults, out_dir: str | PathLike, *, figures: boo
         Output of :func:`evaluate_spaces`.
     out_dir
         Folder (created).
-    figures
-        Also write PNG figures (pairwise p-value heatmaps, per-label balanced accuracy, Jaccard).
     extra
         Extra keys merged into ``summary.json`` (e.g. the cell-alignment report).
 
@@ -865,6 +867,7 @@ def write_results(results: EvalResults, out_dir: str | PathLike, *, figures: boo
     Examples
     --------
     >>> write_results(res, "eval_out")  # doctest: +SKIP
+    >>> stmorph.pl.write_eval_figures(res, "eval_out/figures")  # doctest: +SKIP
     """
     from .._utils import atomic_path
 
@@ -876,8 +879,4 @@ def write_results(results: EvalResults, out_dir: str | PathLike, *, figures: boo
     for name, df in results.tables.items():
         with atomic_path(out / "tables" / f"{name}.csv") as tmp:
             df.to_csv(tmp, index=not name.startswith(("permanova_", "permdisp_", "leiden_grid_", "multiplex_grid_")))
-    if figures:
-        from ..pl._eval import write_eval_figures
-
-        write_eval_figures(results, out / "figures")
     return out

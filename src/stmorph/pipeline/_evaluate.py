@@ -77,7 +77,7 @@ def evaluate_study(
     -------
     The summary dictionary (also written to ``out/summary.json``).
     """
-    from ..eval import EvalConfig, drop_small_labels, evaluate_spaces, write_results
+    from ..eval import EvalConfig, align_inputs, evaluate_spaces, write_results
 
     labels = sample.labels(label_key)
     if labels is None:
@@ -93,25 +93,21 @@ def evaluate_study(
             options[k] = tuple(options[k])
     cfg = EvalConfig(random_state=random_state, **options)
 
-    n_missing = int(labels.isna().sum())
+    min_size = int(min_label_size if min_label_size is not None else cfg.n_splits)
+    # the same input path as `stmorph evaluate`; the spaces come from one sample, so no overlap is demanded
+    spaces, labels, report = align_inputs(frames, labels, exclude_labels=[str(x) for x in (exclude_labels or [])],
+                                          min_overlap=0.0, min_label_size=min_size)
+    n_missing, small = report["missing_labels"], report["small_labels_left_out"]
     if n_missing:
         log.warning("%d cells without a label left out of the evaluation", n_missing)
-    labels = labels.dropna().astype(str)
-    if exclude_labels:
-        labels = labels[~labels.isin([str(x) for x in exclude_labels])]
-    min_size = int(min_label_size if min_label_size is not None else cfg.n_splits)
-    labels, small = drop_small_labels(labels, min_size)
     if small:
         log.warning("labels with fewer than %d cells left out of the evaluation: %s", min_size, small)
     common = labels.index
-    for df in frames.values():
-        common = common.intersection(df.index)
-    dropped = {name: int(len(df.index.difference(common))) for name, df in frames.items()}
+    dropped = {name: int(report["dropped"][name]) for name in frames}
     if any(dropped.values()):
         log.warning("evaluation uses the %d cells shared by all spaces; cells dropped per space: %s", len(common), dropped)
     if len(common) < 10:
         raise StmorphInputError(f"only {len(common)} cells are shared by all feature spaces and labelled", expected=">= 10 cells")
-    spaces = {name: df.loc[common] for name, df in frames.items()}
     pairs = [tuple(map(str, p)) for p in (multiplex or [])]
     for p in pairs:
         if len(p) != 2 or any(s not in spaces for s in p):
@@ -136,7 +132,7 @@ def evaluate_study(
         Xc = normalize_counts(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
         # the DE panel was chosen with all cells' labels: classify with a panel chosen inside each training fold
         fold_panels = {name: (Xc, de_gene_columns) for name in de_spaces}
-    res = evaluate_spaces(spaces, labels.loc[common], config=cfg, multiplex=pairs, ridge=ridge_inputs,
+    res = evaluate_spaces(spaces, labels, config=cfg, multiplex=pairs, ridge=ridge_inputs,
                           fold_panels=fold_panels)
     if colocalization and cfg.run_clustering and "spatial" in sample.adata.obsm:
         from ..eval import colocalization_score
@@ -149,7 +145,10 @@ def evaluate_study(
             res.summary["colocalization"][name] = {
                 str(r.cluster): {"n_cells": int(r.n_cells), "scs": _finite(r.scs), "p_value": _finite(r.p_value)}
                 for r in df.itertuples()}
-    write_results(res, Path(out), figures=figures, extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped,
-                                                                "small_labels_left_out": small,
-                                                                "missing_labels": n_missing}})
+    write_results(res, Path(out), extra={"cells": {"n_used": int(len(common)), "dropped_per_space": dropped,
+                                                   "small_labels_left_out": small, "missing_labels": n_missing}})
+    if figures:
+        from ..pl import write_eval_figures
+
+        write_eval_figures(res, Path(out) / "figures")
     return res.summary
