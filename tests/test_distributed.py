@@ -157,6 +157,36 @@ def test_crop_store_equals_dataset(sample_dir, client, tmp_path):
     assert len(reopened) == s.n_cells and reopened.genes == s.gene_names
 
 
+def test_training_streams_from_the_crop_store(sample_dir, client, tmp_path):
+    """Crops written once to the store give the rendered batches (rotations included) and the very same training."""
+    import torch
+
+    from stmorph.distributed import StoreCropDataset
+    from stmorph.models.vae import CropVAE
+
+    s = SpatialSample.read(sample_dir)
+    store = sd.write_crops(sample_dir, tmp_path / "crops", size=64, genes="all", tile_size=TILE, chunk_cells=16,
+                           client=client)
+    ds = CellCropDataset(s, crop_size=64, channels=["DAPI"], genes=list(reversed(s.gene_names))[:20], rotate=True,
+                         seed=3)
+    streamed = StoreCropDataset(store, ds)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        streamed.set_epoch(epoch)
+        idx = np.arange(5, 37)
+        ref, got = ds.get_batch(idx), streamed.get_batch(idx)
+        assert set(got) == set(ref)
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (epoch, k)
+    assert ds.rotations(np.arange(len(ds))).any()  # the batches above were rotated
+    kw = {"epochs": 2, "batch_size": 16, "val_fraction": 0.0, "crop_size": 64, "channels": ("DAPI",)}
+    a = CropVAE("ls3_cpu", **kw).train(s, cells=np.arange(64), device="cpu", show_progress=False)
+    b = CropVAE("ls3_cpu", **kw).train(s, cells=np.arange(64), device="cpu", show_progress=False, crops=store)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    with pytest.raises(StmorphInputError, match="crop_size"):
+        StoreCropDataset(store, CellCropDataset(s, crop_size=72, channels=["DAPI"]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # VAE latents
 # ---------------------------------------------------------------------------------------------------------------

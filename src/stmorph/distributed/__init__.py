@@ -15,7 +15,7 @@ Per-cell kinds built on it:
 * :func:`vae_latents` - the latent space of a trained :class:`~stmorph.models.vae.CropVAE`.
 """
 
-from ._crops import CropStore, open_crops, write_crops
+from ._crops import CropStore, StoreCropDataset, open_crops, write_crops
 from ._engine import TileRun, TileTask, TileTaskError, engine_client, read_manifest, run_tiles, worker_memory
 from ._features import cellprofiler_features
 from ._plan import PLAN_COLUMNS, plan_tiles
@@ -26,6 +26,7 @@ __all__ = [
     "CropStore",
     "PLAN_COLUMNS",
     "SampleSource",
+    "StoreCropDataset",
     "TileRun",
     "TileTask",
     "TileTaskError",

@@ -40,7 +40,7 @@ from ._spots import (
     write_molecule_inputs,
 )
 
-__all__ = ["write_crops", "open_crops", "CropStore"]
+__all__ = ["write_crops", "open_crops", "CropStore", "StoreCropDataset"]
 
 STORE_META = "crops.json"
 
@@ -236,7 +236,8 @@ def write_crops(
                         show_progress=show_progress)
     meta = {"format": "stmorph.distributed.crops", "version": 1, "channels": chans, "genes": gene_list,
             "crop_size": size, "normalize": normalize, "edge": edge, "ranges": ranges,
-            "mask_stains": bool(mask_stains), "cell_ids": list(map(str, src.cell_ids)),
+            "mask_stains": bool(mask_stains), "spot_padding": int(spot_padding), "spot_origin": spot_origin,
+            "cell_ids": list(map(str, src.cell_ids)),
             "summary": run.summary()}
     with atomic_path(out / STORE_META) as tmp:
         tmp.write_text(json.dumps(meta))
@@ -356,3 +357,90 @@ def open_crops(path: str | PathLike) -> CropStore:
     120
     """
     return CropStore(path)
+
+
+class StoreCropDataset:
+    """Training batches read from a crop store instead of rendered: a drop-in for a
+    :class:`~stmorph.crops.CellCropDataset` in the VAE training loop (same cells, genes, rotations and counts).
+
+    Crops are written once (:func:`write_crops`, on the cluster) and every epoch streams them back, one read per
+    touched tile; the per-epoch rotations are applied here with the dataset's seeded rotation counts, so a batch
+    equals the rendered one.
+
+    Parameters
+    ----------
+    store
+        A :class:`CropStore` (or its folder) holding every cell of ``like`` with its channels and genes.
+    like
+        The dataset this one replaces (a :class:`~stmorph.crops.CellCropDataset` of the same sample): cells,
+        gene and channel order, counts, rotation and seed come from it.
+
+    Examples
+    --------
+    >>> ds = StoreCropDataset("crops.zarr.d", vae.dataset(sample, train=True))  # doctest: +SKIP
+    >>> ds.get_batch([0, 1])["spots"].shape  # doctest: +SKIP
+    """
+
+    def __init__(self, store: CropStore | str | PathLike, like: Any) -> None:
+        self.store = store if isinstance(store, CropStore) else open_crops(store)
+        self.like = like
+        meta = self.store.meta
+        want = {"crop_size": like.crop_size, "normalize": like.normalize, "edge": like.stain_edge,
+                "mask_stains": bool(like.mask_stains), "spot_padding": like.spot_padding,
+                "spot_origin": like.spot_origin}
+        for key, value in want.items():
+            if key in meta and meta[key] != value and not (key == "edge" and not like.channel_names):
+                raise StmorphInputError(f"the crop store was written with {key}={meta[key]!r}", file=self.store.path,
+                                        expected=f"{key}={value!r}, as the model's crops (write the store again)")
+        missing_ch = [c for c in like.channel_names if c not in self.store.channels]
+        missing_g = [g for g in like.gene_names if g not in self.store.genes] if like.has_spots else []
+        if missing_ch or missing_g:
+            raise StmorphInputError(f"the crop store lacks channels {missing_ch} / genes {missing_g[:5]}",
+                                    file=self.store.path, expected="a store written with every channel and gene")
+        self._ch = [self.store.channels.index(c) for c in like.channel_names]
+        self._genes = [self.store.genes.index(g) for g in like.gene_names] if like.has_spots else []
+        rows = np.asarray(like.cell_positions, dtype=np.int64)
+        if (self.store._pos_of_row[rows] < 0).any():
+            raise StmorphInputError("the crop store lacks cells of the dataset", file=self.store.path,
+                                    expected="a store of every training cell")
+        self.cell_positions = rows
+        self.gene_names, self.channel_names = like.gene_names, like.channel_names
+        self.has_spots, self.crop_size = like.has_spots, like.crop_size
+
+    @property
+    def rotate(self) -> bool:
+        return bool(self.like.rotate)
+
+    def __len__(self) -> int:
+        return len(self.like)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose rotations are used (as the dataset it replaces)."""
+        self.like.set_epoch(epoch)
+
+    def get_batch(self, idx: Sequence[int], *, reuse_buffer: bool = False) -> dict[str, Any]:
+        """The cells ``idx`` as the replaced dataset's ``get_batch`` returns them, read from the store."""
+        import torch
+
+        from ..crops import rotate_crops
+
+        idx = self.like._check_idx(idx)
+        arrays = self.store.read_rows(self.cell_positions[idx])
+        ks = self.like.rotations(idx) if self.rotate else None
+        out: dict[str, Any] = {"index": torch.from_numpy(idx.copy())}
+        if self.has_spots:
+            sp = arrays["spots"]
+            sp = (sp if self._genes == list(range(sp.shape[1])) else sp[:, self._genes]).astype(np.float32)
+            if ks is not None:
+                sp = np.ascontiguousarray(rotate_crops(sp, ks))
+            out["spots"] = torch.from_numpy(sp)
+            out["spot_index"] = torch.from_numpy(np.flatnonzero(sp))
+        if self.channel_names:
+            st = arrays["stains"]
+            st = st if self._ch == list(range(st.shape[1])) else st[:, self._ch]
+            if ks is not None:
+                st = rotate_crops(st, ks)
+            out["stains"] = torch.from_numpy(np.ascontiguousarray(st, dtype=np.float32))
+        counts = self.like._counts[idx].toarray().astype(np.float32, copy=False)
+        out["counts"] = torch.from_numpy(np.ascontiguousarray(counts))
+        return out

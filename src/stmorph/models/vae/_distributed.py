@@ -90,6 +90,28 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+class _AllSum(torch.autograd.Function):
+    """Sum over processes; the backward sums the incoming gradients over processes too (the adjoint of a sum
+    that every process computes). torch's ``torch.distributed.nn.functional.all_reduce`` does the same but is
+    deprecated."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        import torch.distributed as dist
+
+        g = grad.contiguous().clone()
+        dist.all_reduce(g)
+        return g
+
+
 def all_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Sum each tensor over all processes (one all-reduce); differentiable. Without a process group: unchanged.
 
@@ -110,10 +132,8 @@ def all_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     if world()[1] == 1:
         return tensors
-    from torch.distributed.nn.functional import all_reduce
-
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    total = all_reduce(flat)
+    total = _AllSum.apply(flat)
     out, k = [], 0
     for t in tensors:
         out.append(total[k : k + t.numel()].view(t.shape))

@@ -176,6 +176,7 @@ class CropVAE(BaseModel):
         resume: bool = True,
         callbacks: Sequence[Callable[[int, dict[str, float]], None]] = (),
         show_progress: bool | None = None,
+        crops: Any = None,
     ) -> CropVAE:
         """Train on a sample (continuing from ``checkpoint_dir`` when it holds a checkpoint of this run).
 
@@ -202,6 +203,10 @@ class CropVAE(BaseModel):
         (:mod:`stmorph.models.vae._distributed`). Checkpoints are written by the first process.
         show_progress
             Progress bar with the running loss (``None``: unless ``STMORPH_PROGRESS=0``).
+        crops
+            A crop store (:func:`stmorph.distributed.write_crops`, or its folder) to stream the training crops from
+            instead of rendering them every epoch; it must hold the model's channels, genes and cells with the
+            same crop parameters (checked).
 
         Returns
         -------
@@ -225,6 +230,12 @@ class CropVAE(BaseModel):
         if self.module is None:
             self._build(dev)
         eval_ds = self.dataset(sample, cells=cells, train=False) if self.config.val_fraction > 0 else train_ds
+        if crops is not None:
+            from ...distributed._crops import StoreCropDataset
+
+            store_train = StoreCropDataset(crops, train_ds)
+            eval_ds = StoreCropDataset(store_train.store, eval_ds) if eval_ds is not train_ds else store_train
+            train_ds = store_train
         assert self.module is not None
         meta = {"config": self.config.to_dict(), "config_fingerprint": self._fingerprint(),
                 "registry": self.registry}
