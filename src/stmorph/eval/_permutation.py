@@ -117,25 +117,8 @@ def _permuted_codes(codes: np.ndarray, n_perm: int, rng: np.random.Generator) ->
 
 
 @njit(cache=True, nogil=True)
-def _nb_subset_indicator(n, u, out):  # pragma: no cover - compiled
-    """Row b of ``out`` (zeroed) gets ones at a uniform random m-subset (partial Fisher-Yates on u[b])."""
-    B, m = u.shape
-    idx = np.arange(n)
-    for b in range(B):
-        for i in range(m):
-            j = i + int(u[b, i] * (n - i))
-            if j >= n:
-                j = n - 1
-            t = idx[i]
-            idx[i] = idx[j]
-            idx[j] = t
-            out[b, idx[i]] = 1.0
-    return out
-
-
-@njit(cache=True, nogil=True)
 def _nb_subset_codes(n, u, s, out):  # pragma: no cover - compiled
-    """Row b of ``out`` (filled with 1 - s) gets code ``s`` at the same random m-subset as _nb_subset_indicator."""
+    """Row b of ``out`` gets code ``s`` at a uniform random m-subset (partial Fisher-Yates on u[b])."""
     B, m = u.shape
     idx = np.arange(n)
     for b in range(B):
@@ -158,7 +141,7 @@ def _random_subsets(n: int, m: int, n_perm: int, rng: np.random.Generator, dtype
     """
     out = np.zeros((n_perm, n), dtype=dtype)
     u = rng.random((n_perm, m))
-    return _nb_subset_indicator(n, u, out)
+    return _nb_subset_codes(n, u, out.dtype.type(1), out)
 
 
 def _chunk_size(n: int, n_groups: int, budget: float = 4e6) -> int:
