@@ -14,7 +14,8 @@ folder references the images by path. Then, on a :class:`distributed.LocalCluste
   :func:`stmorph.distributed.vae_latents`: every cell encoded on the workers;
 * ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table and the VAE latent (random forest, 5 folds;
   PERMANOVA / PERMDISP, tuned Leiden and the CP + LS2 multiplex unless ``--classification-only``, with the
-  large-n paths the summary's ``scaling`` entry names);
+  large-n paths the summary's ``scaling`` entry names; above 25,000 cells each tree's bootstrap is capped at
+  ~20,000 cells, ``rf_max_samples``);
 * ``cp_serial`` - up to ``--serial-max`` cells, :func:`stmorph.features.cellprofiler_features` in this process,
   one thread, on the same slide: the per-core reference, and whether its table equals the distributed one.
 
@@ -236,9 +237,12 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
             labels = src.obs["cell_type"].astype(str)
             labels.index = df.index
             full = full_eval
+            # the forest's bootstrap capped at ~20,000 cells per tree above that size (a documented knob, not the
+            # study's setting): at 1M cells the full bootstrap would take hours on 2 cores
             cfg = EvalConfig(run_permanova=full, run_permdisp=full, run_clustering=full, n_trees=100,
                              rf_n_jobs=workers, permutations=99, k_grid=(15,), resolutions=(0.5, 1.0),
-                             multiplex_weights=(0.5,))
+                             multiplex_weights=(0.5,),
+                             rf_max_samples=None if n_cells <= 25_000 else 20_000 / (0.8 * n_cells))
             spaces = {"CP": df.to_numpy(), "LS2": z}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
