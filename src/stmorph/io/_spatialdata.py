@@ -25,6 +25,10 @@ def _import_spatialdata() -> Any:
     try:
         import spatialdata
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        if getattr(exc, "name", None) == "pkg_resources":
+            raise ImportError("spatialdata is installed but its dependency xarray-schema needs pkg_resources, which "
+                              "setuptools 81 removed: pip install 'setuptools<81' (or reinstall "
+                              "'stmorph[spatialdata]')") from exc
         raise ImportError(_INSTALL_HINT) from exc
     return spatialdata
 
