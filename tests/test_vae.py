@@ -333,9 +333,10 @@ def test_spot_loss_sparse_equals_dense_float32():
 
 @pytest.mark.parametrize("gamma,alpha", [(2.0, None), (1.5, 0.25)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_cpu_loss_equals_float64_autograd_in_both_layouts(gamma, alpha, channels_last):
-    """The float32 CPU path (numba background kernels, NCHW or channels-last logits) against the plain float64
-    autograd expression of Dice and Focal on dense targets."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_cpu_loss_equals_float64_autograd_in_both_layouts(gamma, alpha, channels_last, dtype):
+    """The float32 CPU path (numba background kernels) and the torch path (float64 here; CUDA's), with NCHW or
+    channels-last logits, against the plain float64 autograd expression of Dice and Focal on dense targets."""
     from stmorph.models.vae import dice_focal_sparse
 
     g = torch.Generator().manual_seed(4)
@@ -346,11 +347,11 @@ def test_fused_cpu_loss_equals_float64_autograd_in_both_layouts(gamma, alpha, ch
     ref = 0.8 * dice_loss(torch.sigmoid(ref_x), y, w) + 0.4 * focal_loss(ref_x, y, gamma=gamma, alpha=alpha,
                                                                          from_logits=True)
     ref.backward()
-    x = x64.float()
+    x = x64.to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    d, f = dice_focal_sparse(x, torch.nonzero(y.reshape(-1)).squeeze(1), w.float(), gamma=gamma, alpha=alpha)
+    d, f = dice_focal_sparse(x, torch.nonzero(y.reshape(-1)).squeeze(1), w.to(dtype), gamma=gamma, alpha=alpha)
     (0.8 * d + 0.4 * f).backward()
     assert (0.8 * d + 0.4 * f).item() == pytest.approx(ref.item(), rel=1e-5)
     assert x.grad.shape == x.shape
