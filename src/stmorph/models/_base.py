@@ -56,17 +56,9 @@ def to_jsonable(obj: Any) -> Any:
     >>> to_jsonable({"a": np.arange(2), "b": (np.float32(0.5), None)})
     {'a': [0, 1], 'b': [0.5, None]}
     """
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, PathLike):
-        return str(obj)
-    return obj
+    from .._utils import jsonable
+
+    return jsonable(obj, default=lambda v: str(v) if isinstance(v, PathLike) else v)
 
 
 def _json_default(obj: Any) -> Any:
