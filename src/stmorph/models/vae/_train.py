@@ -324,8 +324,9 @@ def _fit(
             log.info("resuming from %s after epoch %d", last, start)
     good_state = copy.deepcopy(module.state_dict())
 
-    bar = progress(range(start, epochs), desc=f"train {c.name}", total=max(0, epochs - start), disable=(
-        None if show_progress is None else not show_progress))
+    quiet = None if show_progress is None else not show_progress
+    bar = progress(range(start, epochs), desc=f"train {c.name}", total=max(0, epochs - start),
+                   disable=True if rank else quiet)  # one bar, the first process's, under torchrun
     for epoch in bar:
         t0 = time.perf_counter()
         module.train()
