@@ -89,15 +89,15 @@ def register(app: typer.Typer) -> None:
         if workers is not None and workers < 1:
             raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
         distributed = (workers is not None and workers > 1) or bool(scheduler)
+        from ..models.vae._distributed import is_main_process
+
         t0 = time.perf_counter()
         model = tl_vae(
             sample, preset, key_added=key_added, latent=latent, channels=ch, device=device, random_state=random_state,
             checkpoint_dir=checkpoint_dir, resume=not no_resume, max_epochs=epochs, model_dir=model_dir,
             crop_size=crop_size, batch_size=batch_size, crop_um=crop_um, masks=masks is not None,
-            embed=not distributed, return_model=distributed,
+            embed=not distributed and is_main_process(), return_model=distributed,
         )
-        from ..models.vae._distributed import is_main_process
-
         if not is_main_process():  # under torchrun: the first process writes the outputs
             return
         obsm_key = key_added or f"X_{get_preset(preset).name}"

@@ -47,14 +47,19 @@ def world() -> tuple[int, int]:
 
 
 def is_main_process() -> bool:
-    """Whether this process writes outputs (rank 0, or no process group).
+    """Whether this process writes outputs: rank 0 of the process group, or (before the group is joined) of the
+    ``torchrun`` environment (``RANK``); a plain run is the main process.
 
     Examples
     --------
     >>> is_main_process()
     True
     """
-    return world()[0] == 0
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def init_from_env(device: torch.device) -> torch.device:
