@@ -100,3 +100,18 @@ def test_mofa(small):
     bl.mofa(md, n_factors=3, random_state=0, n_iterations=50)
     emb = md.obsm["X_mofa"]
     assert emb.shape[0] == 120 and 1 <= emb.shape[1] <= 3 and np.isfinite(emb).all()
+
+
+def test_mofa_scales_views(small):
+    """MOFA+ as the MUSE paper runs it: each view scaled to unit variance, so a view's unit does not matter
+    (without the scaling, the same rescaling changes the factors)."""
+    pytest.importorskip("mofapy2")
+    xs = [np.asarray(small["rna"].X, np.float64), np.asarray(small["morph"].X, np.float64)]
+    kw = dict(n_iterations=30, random_state=0, use_float32=False)
+    a = bl.mofa_arrays(xs, 3, **kw)
+    b = bl.mofa_arrays([xs[0] * 100.0, xs[1]], 3, **kw)
+    assert a.shape == b.shape == (120, 3)
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-4 * np.abs(a).max())
+    raw = bl.mofa_arrays(xs, 3, scale_views=False, **kw)
+    raw100 = bl.mofa_arrays([xs[0] * 100.0, xs[1]], 3, scale_views=False, **kw)
+    assert not np.allclose(np.abs(raw), np.abs(raw100), atol=1e-2 * np.abs(raw).max())

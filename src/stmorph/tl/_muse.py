@@ -77,8 +77,9 @@ def muse(
     layers
         Optional ``{modality: layer}`` to train on a layer instead of ``X``.
     preset
-        ``"fast"`` (default, benchmarked to match the reference ARI) or ``"reference"`` (the paper's exact
-        200 + 200 + 500 epochs at lr 1e-4).
+        ``"fast"`` (default: 2 warm-up + 20 triplet epochs on the initial labels, no re-clustering, lr 1e-3;
+        benchmarked against the reference implementation in ``benchmarks/bench_muse_reference.py``) or
+        ``"reference"`` (the paper's exact 200 + 200 + 500 epochs at lr 1e-4, with re-clustering of ``h_m``).
     n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size
         Overrides of single fields of the preset.
     lambda_regul, lambda_super

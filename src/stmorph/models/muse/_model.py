@@ -408,7 +408,8 @@ class MUSE(BaseModel):
         init_labels
             Initial labels per modality (None entries, or None: PCA + PhenoGraph-style clustering).
         preset
-            ``"fast"`` (default) or ``"reference"`` (the paper's 200 + 200 + 500 epochs); the epoch, learning
+            ``"fast"`` (default: 2 + 20 epochs at lr 1e-3, triplet loss on the initial labels, no re-clustering)
+            or ``"reference"`` (the paper's 200 + 200 + 500 epochs at lr 1e-4); the epoch, learning
             rate and batch arguments override single fields.
         n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size
             Schedule overrides (see :class:`~stmorph.models.muse.MuseSchedule`).

@@ -7,8 +7,10 @@ Architecture (as in the reference implementation):
 * per modality decoder: ``z @ W_m`` (a ``latent x latent`` "selection" matrix, penalised by its Frobenius norm)
   ``-> Dense(128, ELU) -> Dense(128, tanh) -> Linear(p_m)``.
 
-Initialisation follows the reference: He-style truncated normal for dense weights (TensorFlow's
-``variance_scaling_initializer`` with factor 2, fan-in), zero biases, standard normal selection matrices.
+Initialisation follows the reference: truncated normal dense weights with variance ``1 / fan_in``
+(``tf.keras.initializers.VarianceScaling()``'s defaults: scale 1, fan-in, truncated normal), zero biases, standard
+normal selection matrices. (stmorph <= 0.3 used scale 2, He's; on the development seeds the reference's scale
+gave mean ARI 0.918 / 0.990 with two / three modalities against 0.911 / 0.988.)
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ __all__ = [
 ]
 
 
-def _he_truncated_(linear: nn.Linear) -> None:
+def _he_truncated_(linear: nn.Linear, scale: float = 1.0) -> None:
+    """Keras ``VarianceScaling(scale, "fan_in", "truncated_normal")``: variance ``scale / fan_in`` after truncation."""
     fan_in = linear.weight.shape[1]
-    std = math.sqrt(1.3 * 2.0 / fan_in)  # TF's truncated-normal variance scaling (factor 2, fan-in)
+    # the normal is truncated at 2 standard deviations, which shrinks its standard deviation by 0.8796...
+    std = math.sqrt(scale / fan_in) / 0.87962566103423978
     nn.init.trunc_normal_(linear.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
     nn.init.zeros_(linear.bias)
 
