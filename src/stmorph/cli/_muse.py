@@ -89,9 +89,9 @@ def register(app: typer.Typer) -> None:
             "0: all cells). The final clusters always use every cell.",
         ),
         label_weighting: str = typer.Option(
-            "none", "--label-weighting",
-            help="Triplet-loss weight per modality: none (the reference), gate (drop a modality whose initial "
-            "pseudo-labels have silhouette <= 0; helps when one modality is mostly dropout) or silhouette.",
+            "gate", "--label-weighting",
+            help="Triplet-loss weight per modality: gate (default: drop a modality whose initial pseudo-labels "
+            "have silhouette <= 0; a no-op otherwise), none (the reference) or silhouette.",
         ),
         random_state: int = typer.Option(
             0, "--random-state", help="Random seed (weights, batches, PCA, clustering)."

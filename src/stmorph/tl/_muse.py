@@ -44,7 +44,7 @@ def muse(
     cluster_method: Literal["leiden", "louvain"] = "leiden",
     n_pcs: int = 100,
     label_max_cells: int | None = 20_000,
-    label_weighting: Literal["none", "silhouette", "gate"] = "none",
+    label_weighting: Literal["none", "silhouette", "gate"] = "gate",
     random_state: int = 0,
     key_added: str = "X_muse",
     cluster_key: str = "muse_clusters",
@@ -96,7 +96,8 @@ def muse(
     label_weighting
         ``"none"`` (the reference), ``"silhouette"`` (scale each modality's triplet loss by the silhouette
         of its pseudo-labels relative to the best modality) or ``"gate"`` (drop the triplet loss of a
-        modality whose initial labels are no better than random); see :class:`stmorph.models.muse.MUSE`.
+        modality whose initial labels are no better than random; the default, a no-op when every modality's
+        labels carry structure); see :class:`stmorph.models.muse.MUSE`.
         Helps when one modality's labels are near random (heavy transcript dropout), see
         benchmarks/results/muse.md.
     random_state

@@ -222,7 +222,9 @@ class MUSE(BaseModel):
         :func:`stmorph.models.muse._train.silhouette_weights`); meant for a modality whose labels are near
         random (e.g. heavy transcript dropout). ``"gate"``: weight 0 for the whole training for a modality
         whose initial labels have a silhouette <= 0, 1 otherwise (identical to ``"none"`` when every modality's
-        initial labels score above 0). Off by default (see benchmarks/results/muse.md).
+        initial labels score above 0). "gate" is the default: chosen on development seeds of stmorph's simulator
+        (identical ARI in the demo setting, 8 + 6 seeds, where no modality triggers it; with one homogeneous
+        modality mean ARI 0.249 -> 0.725 on 6 seeds); ``"none"`` with ``preset="reference"`` is the paper's MUSE.
 
     Examples
     --------
@@ -254,7 +256,7 @@ class MUSE(BaseModel):
         random_state: int = 0,
         selection_penalty: Literal["norm", "squared"] = "norm",
         reconstruction_loss: Literal["norm", "mse"] = "norm",
-        label_weighting: Literal["none", "silhouette", "gate"] = "none",
+        label_weighting: Literal["none", "silhouette", "gate"] = "gate",
     ) -> None:
         n_features = [int(p) for p in n_features]
         if len(n_features) < 2:
@@ -709,7 +711,7 @@ def muse_fit_predict(
     random_state: int = 0,
     selection_penalty: Literal["norm", "squared"] = "norm",
     reconstruction_loss: Literal["norm", "mse"] = "norm",
-    label_weighting: Literal["none", "silhouette", "gate"] = "none",
+    label_weighting: Literal["none", "silhouette", "gate"] = "gate",
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Array API: train MUSE on one array per modality and return the latent, hidden states and clusters.

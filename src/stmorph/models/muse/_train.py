@@ -393,7 +393,7 @@ def train_muse(
     show_progress: bool | None = None,
     penalty: str = "norm",
     reconstruction: str = "norm",
-    label_weighting: str = "none",
+    label_weighting: str = "gate",
 ) -> dict:
     """Train a :class:`MuseModule` with MUSE's staged schedule (in place).
 
