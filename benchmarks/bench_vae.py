@@ -203,7 +203,10 @@ else:  # one step at the study's size, batch capped at 8
     opt = torch.optim.Adam(m.parameters(), lr=cfg.lr)
     try:
         from stmorph.models.vae._train import _to_device
-        batch = _to_device(batch, torch.device("cpu"))
+        try:
+            batch = _to_device(batch, torch.device("cpu"), positions=True)
+        except TypeError:  # trees before the positions flag computed them always
+            batch = _to_device(batch, torch.device("cpu"))
     except ImportError:
         pass
     def step():

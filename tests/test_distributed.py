@@ -174,7 +174,7 @@ def test_training_streams_from_the_crop_store(sample_dir, client, tmp_path):
         ds.set_epoch(epoch)
         streamed.set_epoch(epoch)
         idx = np.arange(5, 37)
-        ref, got = ds.get_batch(idx), streamed.get_batch(idx)
+        ref, got = ds.get_batch(idx, spot_index=True), streamed.get_batch(idx, spot_index=True)
         assert set(got) == set(ref)
         for k in ref:
             assert torch.equal(got[k], ref[k]), (epoch, k)

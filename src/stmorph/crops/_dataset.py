@@ -300,7 +300,7 @@ class CellCropDataset(Dataset):
         if isinstance(i, list | tuple | np.ndarray | torch.Tensor) and np.ndim(np.asarray(i)) > 0:
             return self.get_batch(i)
         b = self.get_batch([int(i)])
-        return {k: v[0] for k, v in b.items() if k != "spot_index"}  # per-batch flat indices: not per cell
+        return {k: v[0] for k, v in b.items()}
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose rotations are used (rotations depend only on seed, epoch and cell).
@@ -340,7 +340,8 @@ class CellCropDataset(Dataset):
             raise IndexError(f"dataset index out of range for {n} cells: {arr[(arr < -n) | (arr >= n)][:5].tolist()}")
         return np.where(arr < 0, arr + n, arr)
 
-    def get_batch(self, idx: Sequence[int], *, reuse_buffer: bool = False) -> dict[str, torch.Tensor]:
+    def get_batch(self, idx: Sequence[int], *, reuse_buffer: bool = False,
+                  spot_index: bool = False) -> dict[str, torch.Tensor]:
         """A batch of cells, rendered in one vectorised call (the fast path).
 
         Parameters
@@ -355,12 +356,15 @@ class CellCropDataset(Dataset):
             recycled by a :class:`~stmorph.crops.SpotBufferPool` only once every view of them is gone (a fresh
             ``np.zeros`` per batch is several times slower because of page faults; see
             ``benchmarks/bench_crops.py``).
+        spot_index
+            Also return ``"spot_index"``, the sorted flat indices of the ones of ``spots``, from the renderer's list
+            of drawn pixels (cheaper than scanning the planes; the VAE training loop asks for it).
 
         Returns
         -------
-        ``{"index": (B,) int64, "spots": (B, G, S, S) float32, "spot_index": (nnz,) int64, "stains":
-        (B, C, S, S) float32, "counts": (B, G) float32}`` (``spots``/``stains`` only when configured;
-        ``spot_index`` holds the sorted flat indices of the ones of ``spots``).
+        ``{"index": (B,) int64, "spots": (B, G, S, S) float32, "stains": (B, C, S, S) float32,
+        "counts": (B, G) float32}`` (``spots``/``stains`` only when configured) and ``"spot_index"`` (nnz,)
+        int64 when asked for.
         """
         idx = self._check_idx(idx)
         ks = None if self._ks is None else self._ks[self.cell_positions[idx]]
@@ -382,9 +386,8 @@ class CellCropDataset(Dataset):
                     self._pool = SpotBufferPool(self._index, S, padding=self.spot_padding, genes=self._codes)
                 spots = self._pool.render(cells, self._origins[idx], rotations=ks)
             out["spots"] = torch.from_numpy(spots)
-            # the renderer knows its non-zeros: the sparse first layer and loss need no scan of the planes
-            drawn = (self._renderer if reuse_buffer else self._pool).last_index
-            out["spot_index"] = torch.from_numpy(drawn)
+            if spot_index:  # the renderer knows its non-zeros: no scan of the planes
+                out["spot_index"] = torch.from_numpy((self._renderer if reuse_buffer else self._pool).last_index())
         if self.channel_names:
             assert self._boxes is not None
             st = crop_stains(

@@ -445,8 +445,6 @@ class SpotRenderer:
         self.lut, self.n_planes = gene_lookup(len(index.gene_names), genes)
         self.buffer = np.zeros((int(max_batch), self.n_planes, self.size, self.size), dtype=dtype)
         self._last: np.ndarray | None = None
-        #: sorted flat indices of the ones set by the last :meth:`render` (its non-zeros, without a scan)
-        self.last_index: np.ndarray | None = None
 
     def render(self, cells: np.ndarray, origins: np.ndarray, *, rotations: np.ndarray | None = None) -> np.ndarray:
         """Render ``cells`` at ``origins`` into the buffer; returns the view ``buffer[:n]``.
@@ -475,8 +473,12 @@ class SpotRenderer:
         flat = _pixel_flat(self.index, cells, origins, self.size, self.padding, self.lut, self.n_planes, rotations)
         flat_buf[flat] = 1
         self._last = flat
-        self.last_index = np.unique(flat)
         return self.buffer[:n]
+
+    def last_index(self) -> np.ndarray:
+        """Sorted flat indices of the ones the last :meth:`render` set: its non-zeros, without scanning the planes
+        (computed on request: a sort of the drawn pixels, ~8 ms for 16 cells)."""
+        return np.unique(self._last) if self._last is not None else np.zeros(0, dtype=np.int64)
 
 
 class SpotBufferPool:
@@ -533,8 +535,7 @@ class SpotBufferPool:
         self._buffers: list[np.ndarray] = []
         self._last: list[np.ndarray | None] = []
         self.n_fresh = 0  # batches that found no free buffer (for diagnostics)
-        #: sorted flat indices of the ones set by the last :meth:`render` (its non-zeros, without a scan)
-        self.last_index: np.ndarray | None = None
+        self._drawn: np.ndarray | None = None
 
     @staticmethod
     def _free(buf: np.ndarray) -> bool:
@@ -561,7 +562,7 @@ class SpotBufferPool:
             if rotations.size != n:
                 raise StmorphInputError(f"{rotations.size} rotations for {n} cells", expected="one k per cell")
         flat = _pixel_flat(self.index, cells, origins, self.size, self.padding, self.lut, self.n_planes, rotations)
-        self.last_index = np.unique(flat)
+        self._drawn = flat
         slot = -1
         for j in range(len(self._buffers)):
             if self._free(self._buffers[j]):
@@ -588,3 +589,7 @@ class SpotBufferPool:
         flat_buf[flat] = 1
         self._last[slot] = flat
         return self._buffers[slot][:n]
+
+    def last_index(self) -> np.ndarray:
+        """Sorted flat indices of the ones the last :meth:`render` set (see :meth:`SpotRenderer.last_index`)."""
+        return np.unique(self._drawn) if self._drawn is not None else np.zeros(0, dtype=np.int64)

@@ -418,7 +418,7 @@ class StoreCropDataset:
         """Select the epoch whose rotations are used (as the dataset it replaces)."""
         self.like.set_epoch(epoch)
 
-    def get_batch(self, idx: Sequence[int], *, reuse_buffer: bool = False) -> dict[str, Any]:
+    def get_batch(self, idx: Sequence[int], *, reuse_buffer: bool = False, spot_index: bool = False) -> dict[str, Any]:
         """The cells ``idx`` as the replaced dataset's ``get_batch`` returns them, read from the store."""
         import torch
 
@@ -434,7 +434,8 @@ class StoreCropDataset:
             if ks is not None:
                 sp = np.ascontiguousarray(rotate_crops(sp, ks))
             out["spots"] = torch.from_numpy(sp)
-            out["spot_index"] = torch.from_numpy(np.flatnonzero(sp))
+            if spot_index:
+                out["spot_index"] = torch.from_numpy(np.flatnonzero(sp))
         if self.channel_names:
             st = arrays["stains"]
             st = st if self._ch == list(range(st.shape[1])) else st[:, self._ch]

@@ -33,12 +33,6 @@ SPARSE_MIN_GENES = 100
 _META_FILE = "vae.json"
 
 
-def _get_batch(ds: Any, idx: np.ndarray) -> dict[str, Any]:
-    """A batch rendered into the dataset's reused buffer when it supports one (each batch is consumed at once)."""
-    try:
-        return ds.get_batch(idx, reuse_buffer=True)
-    except TypeError:
-        return ds.get_batch(idx)
 
 
 class CropVAE(BaseModel):
@@ -291,7 +285,7 @@ class CropVAE(BaseModel):
         import torch
 
         from ..._utils import progress
-        from ._train import _to_device
+        from ._train import _get_batch, _to_device, _wants_positions
 
         if self.module is None or self.registry is None:
             raise RuntimeError("the model is not trained yet: call train() or load() first")
@@ -308,12 +302,13 @@ class CropVAE(BaseModel):
         gen.manual_seed(int(random_state))
         out = np.empty((len(ds), self.config.latent_dim), dtype=np.float32)
         starts = range(0, len(ds), bs)
+        positions = _wants_positions(module, self.config, loss=False)
         try:
             with torch.no_grad():
                 for s in progress(starts, desc=f"latent {self.config.name}", total=len(starts),
                                   disable=None if show_progress is None else not show_progress):
                     idx = np.arange(s, min(s + bs, len(ds)))
-                    batch = _to_device(_get_batch(ds, idx), dev)
+                    batch = _to_device(_get_batch(ds, idx, spot_index=positions), dev, positions=positions)
                     mu, logvar = module.encode(batch.get("spots"), batch.get("stains"), batch.get("spot_index"))
                     if latent == "sample":
                         eps = torch.randn(mu.shape, generator=gen, device=dev, dtype=mu.dtype)

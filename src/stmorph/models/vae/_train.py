@@ -94,13 +94,29 @@ def compute_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], c
     return terms
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch on ``device``, with ``spot_index`` / ``spot_pos`` (one ``nonzero`` pass shared by the sparse
-    first layer and the sparse loss) when it has spot planes."""
+def _get_batch(ds: Any, idx: np.ndarray, *, spot_index: bool = False) -> dict[str, Any]:
+    """``ds.get_batch(idx)`` into the dataset's reused buffer when it has one (each batch is consumed at once),
+    asking for its list of non-zero spot pixels when it can give one and ``spot_index`` is wanted."""
+    import inspect
+
+    params = inspect.signature(ds.get_batch).parameters
+    kw = {k: True for k, want in (("reuse_buffer", True), ("spot_index", spot_index)) if want and k in params}
+    return ds.get_batch(idx, **kw)
+
+
+def _wants_positions(module: Any, config: VAEConfig, *, loss: bool = True) -> bool:
+    """Whether the non-zero spot pixels serve anything: the sparse first layer, or (``loss``) the sparse loss."""
+    return bool(getattr(module, "n_genes", 0)) and (bool(module.sparse) or (loss and config.sparse_loss))
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, *, positions: bool = False) -> dict[str, torch.Tensor]:
+    """The batch on ``device``; with ``positions``, also ``spot_index`` / ``spot_pos`` (the non-zero and the
+    > 0.5 spot pixels: the dataset's list when it gave one, else one ``nonzero`` pass, shared by the sparse first
+    layer and the sparse loss)."""
     nb = device.type == "cuda"
     out = {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
     spots = out.get("spots")
-    if spots is not None:
+    if positions and spots is not None:
         if "spot_index" in out:  # the dataset's renderer listed its non-zeros
             nz = out["spot_index"]
             out["spot_pos"] = nz[spots.reshape(-1)[nz] > 0.5]
@@ -292,6 +308,7 @@ def _fit(
         net = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
         reduce = all_sum
     amp = device.type == "cuda" and c.mixed_precision in ("auto", True)
+    positions = _wants_positions(module, c)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     opt = torch.optim.Adam(module.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
     train_idx, val_idx = split_indices(len(train_ds), c.val_fraction, c.seed)
@@ -348,7 +365,7 @@ def _fit(
                 local = shard(idx, rank, n_proc)
                 rows = shard(np.arange(idx.size), rank, n_proc)
                 noise = noise[rows[0] : rows[-1] + 1]
-            batch = _to_device(train_ds.get_batch(local, reuse_buffer=True), device)
+            batch = _to_device(_get_batch(train_ds, local, spot_index=positions), device, positions=positions)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 out = net(batch.get("spots"), batch.get("stains"), sample=True, generator=gen,
                           spot_index=batch.get("spot_index"), noise=noise)
@@ -434,8 +451,9 @@ def evaluate_loss(module: CropVAEModule, config: VAEConfig, ds: Any, idx: np.nda
     was = module.training
     module.eval()
     tot, n = 0.0, 0
+    positions = _wants_positions(module, config)
     for chunk in [idx[k : k + config.batch_size] for k in range(0, idx.size, config.batch_size)]:
-        batch = _to_device(ds.get_batch(chunk, reuse_buffer=True), device)
+        batch = _to_device(_get_batch(ds, chunk, spot_index=positions), device, positions=positions)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             out = module(batch.get("spots"), batch.get("stains"), sample=False, spot_index=batch.get("spot_index"))
         tot += float(compute_loss(out, batch, config)["loss"]) * chunk.size
