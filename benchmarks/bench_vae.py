@@ -245,7 +245,7 @@ def _run_worker(src: Path, *args: object) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_train(baseline: str = "HEAD", n_cells: int = 96, epochs: int = 3) -> None:
+def bench_train(baseline: str = "HEAD", n_cells: int = 96, epochs: int = 3, presets: str | None = None) -> None:
     """Training speed of this tree against ``baseline``, each preset alternately in fresh processes."""
     base = _baseline_tree(baseline)
     new = REPO / "src"
@@ -254,6 +254,8 @@ def bench_train(baseline: str = "HEAD", n_cells: int = 96, epochs: int = 3) -> N
     print("|---|---|---|---|---|---|")
     jobs = [("train", f"ls{k}_cpu", n_cells, epochs) for k in range(1, 6)]
     jobs += [("step", f"vae{k}", 0, 2) for k in range(1, 6)]
+    if presets:
+        jobs = [j for j in jobs if j[1] in presets.split(",")]
     for mode, name, n, ep in jobs:
         r_old = _run_worker(base, mode, name, n, ep)
         r_new = _run_worker(new, mode, name, n, ep)
@@ -369,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tissue", default="bench", choices=["bench", "demo"],
                     help="bars tissue: 4 types x 30 genes (bench) or the demo's 6 types x 60 genes")
     ap.add_argument("--baseline", default="HEAD", help="git revision the `train` section compares against")
+    ap.add_argument("--presets", default=None, help="comma-separated presets of the `train` section (default all)")
     ap.add_argument("--xenium-epochs", type=int, default=3, help="epochs of the Xenium runs")
     a = ap.parse_args(argv)
     if a.threads:
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     if "xenium" in only:
         bench_xenium(a.xenium_epochs)
     if "train" in only:
-        bench_train(a.baseline)
+        bench_train(a.baseline, presets=a.presets)
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 
