@@ -131,3 +131,12 @@ def test_memory_peak_stays_near_one_copy_of_the_table():
     assert "dup" not in kept.columns or "f0" not in kept.columns
     assert kept.shape == (n, p)
     assert peak < 2.6 * table, peak / table
+
+
+def test_odd_tables_select_as_the_rules_say():
+    """No cell: every feature kept (no rule can be measured), not an error from a reduction; a single cell: every
+    feature constant."""
+    kept, report = select_features(pd.DataFrame({"a": [], "b": []}, dtype=float))
+    assert list(kept.columns) == ["a", "b"] and len(kept) == 0 and report.empty
+    kept, report = select_features(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    assert kept.shape == (1, 0) and set(report["reason"]) == {"constant"}

@@ -194,6 +194,9 @@ def select_features(
         hits = {c: next(p.pattern for p in pats if p.search(str(c))) for c in keep if any(p.search(str(c)) for p in pats)}
         _drop(list(hits), "blocklist", {c: f"matches {p!r}" for c, p in hits.items()})
     # cells with no value at all (e.g. an empty mask) are reported by the caller; they do not count here
+    if x.shape[0] == 0:  # no cell: no rule can be measured (as before: every feature kept)
+        selected = pd.DataFrame(x[:, _cols(keep)], index=df.index, columns=pd.Index(keep, name=df.columns.name))
+        return selected, pd.DataFrame(rows, columns=["feature", "reason", "detail"])
     measured = ~all_nan_row
     rows_used = measured if measured.any() else np.ones_like(measured)
     na_frac = {c: float(np.isnan(x[rows_used, col_of[c]]).mean()) for c in keep}
