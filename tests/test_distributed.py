@@ -185,6 +185,10 @@ def test_training_streams_from_the_crop_store(sample_dir, client, tmp_path):
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     with pytest.raises(StmorphInputError, match="crop_size"):
         StoreCropDataset(store, CellCropDataset(s, crop_size=72, channels=["DAPI"]))
+    other = synthetic_tissue(n_cells=s.n_cells, random_state=5)  # same size, other cells: refused, not misread
+    other.adata.obs_names = [f"x{i}" for i in range(other.n_cells)]
+    with pytest.raises(StmorphInputError, match="another sample"):
+        StoreCropDataset(store, CellCropDataset(other, crop_size=64, channels=["DAPI"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -400,12 +400,20 @@ class StoreCropDataset:
         self._ch = [self.store.channels.index(c) for c in like.channel_names]
         self._genes = [self.store.genes.index(g) for g in like.gene_names] if like.has_spots else []
         rows = np.asarray(like.cell_positions, dtype=np.int64)
+        store_ids = pd.Index(self.meta_ids())
+        if len(store_ids) != like.sample.n_cells or not store_ids.equals(pd.Index(like.sample.cell_ids.astype(str))):
+            raise StmorphInputError("the crop store was written from another sample (its cell ids differ)",
+                                    file=self.store.path, expected="a store written from this sample")
         if (self.store._pos_of_row[rows] < 0).any():
             raise StmorphInputError("the crop store lacks cells of the dataset", file=self.store.path,
                                     expected="a store of every training cell")
         self.cell_positions = rows
         self.gene_names, self.channel_names = like.gene_names, like.channel_names
         self.has_spots, self.crop_size = like.has_spots, like.crop_size
+
+    def meta_ids(self) -> list[str]:
+        """The cell ids of the sample the store was written from (row order)."""
+        return list(map(str, self.store.meta["cell_ids"]))
 
     @property
     def rotate(self) -> bool:
