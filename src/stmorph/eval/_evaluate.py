@@ -563,6 +563,9 @@ def align_inputs(
     if min_label_size > 1 and len(order):
         kept, small = drop_small_labels(labels.loc[order], int(min_label_size))
         order = kept.index
+    if len(order) == 0 and small:
+        raise StmorphInputError(f"every label has fewer than {min_label_size} shared cells: {small}",
+                                expected=f"labels with at least {min_label_size} cells (min_label_size)")
     if len(order) == 0:
         raise StmorphInputError("no labelled cell ids are shared by all inputs", expected="overlapping cell ids")
     out = {k: v.set_axis(ids[k]).loc[order] for k, v in tables.items()}
