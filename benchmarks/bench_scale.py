@@ -1,9 +1,10 @@
 """Benchmark stmorph.distributed at slide scale: read -> crops -> CellProfiler -> evaluation on dask workers.
 
-A synthetic slide of N cells is written out of core by replicating one synthetic tissue on a grid: the stain and
-label images are uncompressed TIFFs filled block by block through ``tifffile.memmap`` (memory stays flat at any
-N), the cell table gets one entry per copy (ids ``<copy>_<cell>``, centroids and label ids offset), and the sample
-folder references the images by path. Then, on a :class:`distributed.LocalCluster` of ``--workers`` processes
+A synthetic slide of N cells is written out of core as a grid of distinct 2,000-cell tissues of one shared cell-type
+design (``synthetic_tissue(design_random_state=...)``: no cell is a copy of another): the stain and label images
+are uncompressed TIFFs filled block by block through ``tifffile.memmap`` (memory stays flat at any N), the cell
+table gets each tissue's cells (ids ``<tissue>_<cell>``, centroids and label ids offset), and the sample folder
+references the images by path. Then, on a :class:`distributed.LocalCluster` of ``--workers`` processes
 (one thread each):
 
 * ``read``  - the driver reads the cell table and image references (:class:`stmorph.distributed.SampleSource`);
@@ -51,18 +52,24 @@ BASE_CELLS = 2000  # cells of the tissue a slide repeats
 
 
 def make_slide(folder: Path, n_cells: int, *, base_cells: int = BASE_CELLS, seed: int = 0) -> Path:
-    """Write a sample of ``n_cells`` cells by replicating ``synthetic_tissue(base_cells)`` on a grid, out of core.
+    """Write a sample of ``n_cells`` cells, a grid of distinct tissues of the same cell types, out of core.
+
+    Every block of the grid is its own ``synthetic_tissue(base_cells)`` (its own cells, positions, stains and
+    counts) drawn with one shared ``design_random_state``, so ``type_k`` means the same program everywhere and no
+    cell is a copy of another: the evaluation sees a slide of ``n_cells`` different cells. The first tissue fixes
+    the block's size; a later tissue that does not fit into it is drawn again with the next seed (counted in the
+    sample's metadata).
 
     Parameters
     ----------
     folder
         Where the images and the sample folder (``sample.stmorph``) go.
     n_cells
-        Cells of the slide (the last copy is cut short).
+        Cells of the slide (the last tissue's table is cut short; its masks stay in the image).
     base_cells
-        Cells of the replicated tissue.
+        Cells of one tissue.
     seed
-        Seed of the tissue.
+        Seed of the cell types' design; tissue ``k`` draws from ``(seed, k)``.
 
     Returns
     -------
@@ -81,41 +88,55 @@ def make_slide(folder: Path, n_cells: int, *, base_cells: int = BASE_CELLS, seed
 
     from stmorph import LabelImage, SpatialSample, StainImage
     from stmorph.datasets import synthetic_tissue
+    from stmorph.errors import StmorphInputError
 
     folder.mkdir(parents=True, exist_ok=True)
-    base = synthetic_tissue(n_cells=base_cells, random_state=seed)
-    h, w = base.images["DAPI"].shape
+    first = synthetic_tissue(n_cells=base_cells, random_state=np.random.default_rng([seed, 0]),
+                             design_random_state=seed)
+    h, w = first.images["DAPI"].shape
     copies = math.ceil(n_cells / base_cells)
     cols = math.ceil(math.sqrt(copies))
     rows = math.ceil(copies / cols)
     shape = (rows * h, cols * w)
-    seg = np.asarray(base.segmentation.read()).astype(np.uint32)
-    step = int(seg.max()) + 1
+    step = base_cells + 1  # label ids of block k: k * step + 1 ... k * step + base_cells
     maps = {name: tifffile.memmap(folder / f"{name}.tif", shape=shape, dtype=img.read().dtype)
-            for name, img in base.images.items()}
+            for name, img in first.images.items()}
     maps["segmentation"] = tifffile.memmap(folder / "segmentation.tif", shape=shape, dtype=np.uint32)
-    parts = []
-    X = sp.csr_matrix(base.adata.X)
+    parts, redrawn, draw = [], 0, 0
+    t0 = time.perf_counter()
     for k in range(copies):
+        tissue = first if k == 0 else None
+        while tissue is None:
+            draw += 1
+            try:
+                tissue = synthetic_tissue(n_cells=base_cells, image_size=(h, w),
+                                          random_state=np.random.default_rng([seed, draw]), design_random_state=seed)
+            except StmorphInputError:  # the cells did not fit into the block: draw another tissue
+                redrawn += 1
         r, c = divmod(k, cols)
         blk = (slice(r * h, (r + 1) * h), slice(c * w, (c + 1) * w))
-        for name, img in base.images.items():
+        for name, img in tissue.images.items():
             maps[name][blk] = img.read()
+        seg = np.asarray(tissue.segmentation.read()).astype(np.uint32)
         maps["segmentation"][blk] = np.where(seg > 0, seg + k * step, 0)
         n_k = min(base_cells, n_cells - k * base_cells)
-        a = ad.AnnData(X[:n_k], obs=base.adata.obs.iloc[:n_k].copy(), var=base.adata.var)
-        a.obs_names = [f"{k}_{i}" for i in base.adata.obs_names[:n_k]]
-        a.obsm["spatial"] = base.centroids[:n_k] + np.array([c * w, r * h], dtype=np.float64)
+        src = tissue.adata
+        a = ad.AnnData(sp.csr_matrix(src.X[:n_k]), obs=src.obs.iloc[:n_k].copy(), var=src.var)
+        a.obs_names = [f"{k}_{i}" for i in src.obs_names[:n_k]]
+        a.obsm["spatial"] = tissue.centroids[:n_k] + np.array([c * w, r * h], dtype=np.float64)
         a.obs["label_id"] = a.obs["label_id"].to_numpy().astype(np.int64) + k * step
         parts.append(a)
+        if k % 50 == 49:
+            print(f"  slide: {k + 1}/{copies} tissues, {time.perf_counter() - t0:.0f} s", flush=True)
     for m in maps.values():
         m.flush()
     del maps
     adata = ad.concat(parts, merge="same")
     adata.obs["cell_type"] = pd.Categorical(adata.obs["cell_type"].astype(str))
-    sample = SpatialSample(adata, None, {n: StainImage(folder / f"{n}.tif") for n in base.images},
-                           base.pixel_size, f"scale_{n_cells}", {"generator": "bench_scale.make_slide"},
-                           LabelImage(folder / "segmentation.tif"))
+    meta = {"generator": "bench_scale.make_slide", "tissues": copies, "tissue_cells": base_cells,
+            "design_random_state": seed, "redrawn": redrawn}
+    sample = SpatialSample(adata, None, {n: StainImage(folder / f"{n}.tif") for n in first.images},
+                           first.pixel_size, f"scale_{n_cells}", meta, LabelImage(folder / "segmentation.tif"))
     return sample.write(folder / "sample.stmorph", overwrite=True)
 
 
@@ -186,12 +207,9 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # the slide repeats one 2,000-cell tissue, so no feature can have more than 2,000 distinct values:
-            # pycytominer's unique-ratio rule (fewer than 1% distinct values -> dropped) is scaled to the copies
             df = sd.cellprofiler_features(folder, out_dir=root / f"cp_{n_cells}", size=size, masks=True,
                                           modules=["intensity", "texture"], tile_size=tile_size, client=client,
-                                          show_progress=False,
-                                          selection={"unique_cut": 0.01 * min(1.0, BASE_CELLS / n_cells)})
+                                          show_progress=False)
         wall = time.perf_counter() - t
         d = df.attrs["info"]["distributed"]
         res["cp"] = {"wall_s": round(wall, 2), "cells_per_s_per_worker_wall": round(n_cells / wall / workers, 1),

@@ -19,6 +19,8 @@ from stmorph.models.muse import (
     dense_reconstruction,
     estimate_margin,
     get_schedule,
+    initial_labels,
+    joint_initial_labels,
     muse_fit_predict,
     muse_loss,
     pairwise_distances,
@@ -412,13 +414,32 @@ def test_silhouette_weighting_drops_a_noise_modality():
     s0 = np.array(info["label_silhouettes"][0])
     np.testing.assert_array_equal(info["label_weights"], [(s0 > 0).astype(float).tolist()] * 3)
     assert len(info["label_silhouettes"]) == 1 and s0[1] > 0.1
-    # random user labels on a modality score below 0 (measured -0.02): gated off for the whole training
+    # random user labels on a modality score below 0 (measured -0.02): the gate closes, and that modality trains
+    # on the joint labels of both modalities for the whole training (kept at every re-clustering)
     rand = np.random.default_rng(0).integers(0, 4, 200)
     gate2 = muse_fit_predict(xs, [rand, None], latent_dim=10, random_state=0, label_weighting="gate", **TINY)
     info2 = gate2["model"].train_info
-    assert info2["label_silhouettes"][0][0] < 0
-    np.testing.assert_array_equal(info2["label_weights"], [[0.0, 1.0]] * 3)
     base = muse_fit_predict(xs, latent_dim=10, random_state=0, **TINY)
+    assert info2["label_silhouettes"][0][0] < 0
+    assert info2["gated_modalities"] == [gate2["model"].modality_names[0]]
+    np.testing.assert_array_equal(info2["label_weights"], [[1.0, 1.0]] * 3)
+    joint = joint_initial_labels(xs, k=10, random_state=0)
+    np.testing.assert_array_equal(info2["last_labels"][0], joint)
+    assert adjusted_rand_score(joint, rand) < 0.05  # not the random labels
+    assert base["model"].train_info["gated_modalities"] == []
     np.testing.assert_array_equal(base["model"].train_info["label_weights"], np.ones((3, 2)))
     with pytest.raises(StmorphInputError):
         MUSE([3, 3], label_weighting="bogus")
+
+
+def test_joint_initial_labels_combine_the_modalities():
+    """Modality A splits the cells by one factor, B by another: only the joint labels find all four groups."""
+    rng = np.random.default_rng(0)
+    f1, f2 = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    a = (f1[:, None] * 6.0 + rng.normal(size=(400, 20))).astype(np.float32)
+    b = (f2[:, None] * 60.0 + rng.normal(scale=10.0, size=(400, 30))).astype(np.float32)  # other units
+    truth = 2 * f1 + f2
+    joint = joint_initial_labels([a, b], k=30, random_state=0)
+    assert adjusted_rand_score(truth, joint) > 0.95
+    for x in (a, b):  # each alone finds its own factor only (ARI ~0.33 against the four groups)
+        assert adjusted_rand_score(truth, initial_labels(x, k=30, random_state=0)) < 0.6

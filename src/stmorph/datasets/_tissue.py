@@ -310,6 +310,7 @@ def synthetic_tissue(
     name: str = "synthetic_tissue",
     return_masks: bool | Literal["both"] = False,
     random_state: int | np.random.Generator | None = 0,
+    design_random_state: int | None = None,
 ) -> SpatialSample | tuple[SpatialSample, np.ndarray] | tuple[SpatialSample, np.ndarray, np.ndarray]:
     """Simulate a tissue of cell types with expression, morphology, stain images and transcripts.
 
@@ -383,7 +384,13 @@ def synthetic_tissue(
         ``True``: also return the cell label image (int32, 0 = background, cell ``i`` of ``adata`` is
         ``i + 1``); ``"both"``: the cell and the nucleus label images.
     random_state
-        Seed or generator; the whole simulation draws from this one generator.
+        Seed or generator; the whole simulation draws from this one generator unless ``design_random_state``
+        is given.
+    design_random_state
+        Seed of the cell types' programs alone (their morphology and expression, markers included). Tissues
+        with the same ``design_random_state`` and different ``random_state`` are different cells of the same
+        types, like several slides of one study: ``type_0`` means the same thing in all of them. ``None``
+        (default): the programs are drawn from ``random_state`` too.
 
     Returns
     -------
@@ -424,6 +431,8 @@ def synthetic_tissue(
         z_step_um=float(z_step_um), pixel_size=float(pixel_size),
         random_state=_seed_repr(random_state),
     )
+    if design_random_state is not None:
+        params["design_random_state"] = int(design_random_state)
     if markers_per_type is None:
         markers_per_type = max(2, n_genes // (2 * n_types))
     markers_per_type = int(min(markers_per_type, n_genes))
@@ -435,10 +444,13 @@ def synthetic_tissue(
                         scattered_fraction=scattered_fraction, proportions=props)
     morph_pairs, expr_pairs = _pick_groups(n_types, spec0.layer_types, spec0.scattered_types,
                                            int(morphology_only_types), int(expression_only_types))
-    design = _morphology_design(n_types, expr_pairs, rng)
+    # the cell types' programs come from their own seed when one is given, so that several tissues (slides,
+    # batches) can share one set of types; without it they are drawn from ``rng`` as before
+    design_rng = rng if design_random_state is None else np.random.default_rng(int(design_random_state))
+    design = _morphology_design(n_types, expr_pairs, design_rng)
     type_morph = _type_morphology(design, float(morphology_signal))
     profile, lfc, markers = _expression_program(n_types, n_genes, markers_per_type, float(expression_signal),
-                                                morph_pairs, rng)
+                                                morph_pairs, design_rng)
 
     r_type = type_morph["cell_radius"]
     sd_r = _CELL_NOISE["cell_radius"] * morphology_noise

@@ -1,6 +1,6 @@
 """MUSE (Bao et al. 2022, Nat Biotech) in PyTorch: network (``_module``), training (``_train``), model (``_model``)."""
 
-from ._model import MUSE, get_schedule, initial_labels, muse_fit_predict
+from ._model import MUSE, get_schedule, initial_labels, joint_initial_labels, muse_fit_predict
 from ._module import (
     MuseModule,
     batch_hard_triplet_loss,
@@ -27,6 +27,7 @@ __all__ = [
     "PRESETS",
     "get_schedule",
     "initial_labels",
+    "joint_initial_labels",
     "muse_fit_predict",
     "muse_loss",
     "train_muse",

@@ -394,6 +394,7 @@ def train_muse(
     penalty: str = "norm",
     reconstruction: str = "norm",
     label_weighting: str = "gate",
+    joint_labels: Callable[[], np.ndarray] | None = None,
 ) -> dict:
     """Train a :class:`MuseModule` with MUSE's staged schedule (in place).
 
@@ -428,6 +429,14 @@ def train_muse(
         every modality is <= 0). Caveat (measured): Leiden partitions of pure uniform noise score slightly
         above 0 (0.005-0.05), so the gate only catches labels that are worse than that, as the transcript
         labels at heavy dropout are (-0.07 to -0.02 on the simulator).
+    joint_labels
+        With ``"gate"``: called once when the gate closes for some (not all) modalities; it returns labels of
+        all modalities clustered together, which then replace the gated modalities' labels (weight 1, kept
+        for the whole training, never re-clustered). None: the gated modalities' triplet terms get weight 0.
+        Why: with one modality gated, the triplet loss reproduces the other modality's labels and the latent
+        clusters no better than that modality alone; the joint labels let the gated modality's information
+        in (development seeds of stmorph's simulator, transcript decay 0.1: mean ARI 0.696 -> 0.725; one
+        homogeneous modality: 0.685 -> 0.705).
     show_progress
         Progress bar (None: follow ``STMORPH_PROGRESS``).
 
@@ -446,7 +455,7 @@ def train_muse(
     >>> out = train_muse(net, xs, lab, zero_inflated=[True, False], schedule=MuseSchedule(1, 1, 1, 1, 1e-3, 64),
     ...                  cluster_fn=lambda h: np.zeros(len(h), int))
     >>> sorted(out)
-    ['history', 'label_silhouettes', 'label_weights', 'labels', 'margin', 'n_updates', 'schedule', 'timings']
+    ['gated', 'history', 'label_silhouettes', 'label_weights', 'labels', 'margin', 'n_updates', 'schedule', 'timings']
     """
     device = xs[0].device
     n = int(xs[0].shape[0])
@@ -470,6 +479,7 @@ def train_muse(
     weight_log: list[list[float]] = []
     score_log: list[list[float]] = []
     state: dict[str, torch.Tensor | None] = {"w": None}
+    gated: dict[int, np.ndarray] = {}  # gated modality -> the joint labels that replace its own
 
     def set_weights(reps: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
         if label_weighting == "none" or (label_weighting == "gate" and weight_log):
@@ -520,7 +530,7 @@ def train_muse(
     def recluster() -> list[np.ndarray]:
         t = time.perf_counter()
         _, hs = encode_all(module, xs)
-        out = [np.asarray(cluster_fn(h)) for h in hs]
+        out = [gated[m] if m in gated else np.asarray(cluster_fn(h)) for m, h in enumerate(hs)]
         set_weights(hs, out)
         timings["recluster"] += time.perf_counter() - t
         return out
@@ -542,7 +552,7 @@ def train_muse(
             bar.close()
         return {"margin": 0.0, "labels": [np.asarray(lab) for lab in init_labels], "history": history, "n_updates": 0,
                 "schedule": schedule, "timings": timings, "label_weights": weight_log,
-            "label_silhouettes": score_log}
+                "label_silhouettes": score_log, "gated": []}
     t = time.perf_counter()
     z, _ = encode_all(module, xs)
     margin = estimate_margin(z, max_cells=margin_max_cells, random_state=random_state)
@@ -550,6 +560,13 @@ def train_muse(
     t = time.perf_counter()
     labels = [np.asarray(lab) for lab in init_labels]
     set_weights([x.detach().cpu().numpy() for x in xs] if label_weighting != "none" else [], labels)
+    closed = [m for m, w in enumerate(weight_log[-1]) if w == 0.0]
+    if label_weighting == "gate" and closed and joint_labels is not None:
+        joint = np.asarray(joint_labels())
+        for m in closed:
+            gated[m] = labels[m] = joint
+        weight_log[-1] = [1.0] * len(labels)
+        state["w"] = None  # every modality's triplet term at lambda_super again
     labels_t = to_label_tensors(labels)
     for _ in range(schedule.n_epochs_triplet_init):
         next(it)
@@ -576,4 +593,4 @@ def train_muse(
         bar.close()
     return {"margin": margin, "labels": labels, "history": history, "n_updates": n_updates, "schedule": schedule,
             "timings": timings, "label_weights": weight_log,
-            "label_silhouettes": score_log}
+            "label_silhouettes": score_log, "gated": sorted(gated)}
