@@ -17,6 +17,8 @@ references the images by path. Then, on a :class:`distributed.LocalCluster` of `
   PERMANOVA / PERMDISP, tuned Leiden and the CP + LS2 multiplex unless ``--classification-only``, with the
   large-n paths the summary's ``scaling`` entry names; above 25,000 cells each tree's bootstrap is capped at
   ~20,000 cells, ``rf_max_samples``);
+* ``muse``  - with ``--muse`` (or ``--muse-only`` on finished runs): MUSE of the raw CellProfiler table and the
+  VAE latent (defaults, both dense) in its own process: time, peak RSS, ARI against the cell types;
 * ``cp_serial`` - up to ``--serial-max`` cells, :func:`stmorph.features.cellprofiler_features` in this process,
   one thread, on the same slide: the per-core reference, and whether its table equals the distributed one.
 
@@ -290,6 +292,52 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
     return res
 
 
+def muse_run(root: Path, n_cells: int, workers: int) -> dict:
+    """MUSE of the CellProfiler table and the VAE latent of one finished run, in this process.
+
+    Reads the per-tile outputs (``cp_N/tiles/*.parquet``, raw features; ``vae_N/tiles/*.npz``), drops
+    constant columns, fills NaN with the column median, and runs :func:`stmorph.models.muse.muse_fit_predict`
+    with its defaults (both modalities dense). Returns times, this process's peak RSS and the ARI of MUSE's
+    clusters against the slide's cell types.
+    """
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
+
+    from stmorph.models.muse import muse_fit_predict
+
+    t = time.perf_counter()
+    cp = pd.concat([pd.read_parquet(f) for f in sorted((root / f"cp_{n_cells}" / "tiles").glob("*.parquet"))])
+    cp = cp.sort_index()
+    x0 = cp.to_numpy(dtype=np.float32)
+    del cp
+    x0 = x0[:, np.nanstd(x0, axis=0) > 0]
+    med = np.nanmedian(x0, axis=0)
+    bad = ~np.isfinite(x0)
+    x0[bad] = np.take(med, np.nonzero(bad)[1])
+    parts = [np.load(f) for f in sorted((root / f"vae_{n_cells}" / "tiles").glob("*.npz"))]
+    rows = np.concatenate([p["rows"] for p in parts])
+    lat = np.concatenate([p["latent"] for p in parts])
+    z = np.empty((n_cells, lat.shape[1]), np.float32)
+    z[rows] = lat
+    del parts, lat
+    from stmorph.sample import SpatialSample
+
+    labels = SpatialSample.read(root / f"slide_{n_cells}" / "sample.stmorph").adata.obs["cell_type"].astype(str)
+    read_s = time.perf_counter() - t
+    t, c = time.perf_counter(), time.process_time()
+    out = muse_fit_predict([x0, z], zero_inflated=[False, False], random_state=0, n_jobs=workers,
+                           device="cpu", show_progress=False)
+    info = out["model"].train_info
+    return {"n_cells": n_cells, "features": [int(x0.shape[1]), int(z.shape[1])], "read_s": round(read_s, 1),
+            "wall_s": round(time.perf_counter() - t, 1), "cpu_s": round(time.process_time() - c, 1),
+            "timings": {k: round(float(v), 1) for k, v in out["timings"].items()},
+            "stages": {k: round(float(v), 1) for k, v in info["time_stages_s"].items()},
+            "schedule": info["schedule"], "label_max_cells": info["label_max_cells"],
+            "gated": info["gated_modalities"], "n_clusters": int(len(np.unique(out["clusters"]))),
+            "ari_cell_type": round(float(adjusted_rand_score(labels.to_numpy(), out["clusters"])), 3),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="10000,50000", help="comma-separated slide sizes")
@@ -303,17 +351,39 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the serial cellprofiler_features (time, equality) up to this many cells")
     p.add_argument("--classification-only", action="store_true",
                    help="evaluate by classification only (no PERMANOVA/PERMDISP/Leiden)")
+    p.add_argument("--muse", action="store_true",
+                   help="also run MUSE of the CellProfiler table and the VAE latent (own process, after the run)")
+    p.add_argument("--muse-only", action="store_true",
+                   help="only the MUSE step, on the finished runs in --dir")
     p.add_argument("--generate", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--muse-run", nargs=2, metavar=("ROOT", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.generate:
         make_slide(Path(a.generate[0]), int(a.generate[1]))
         return 0
+    if a.muse_run:
+        print("MUSE " + json.dumps(muse_run(Path(a.muse_run[0]), int(a.muse_run[1]), a.workers)), flush=True)
+        return 0
+
+    def muse_step(n: int) -> dict:
+        # its own process: the peak RSS is MUSE's (plus the arrays it reads), not the pipeline's
+        p = subprocess.run([sys.executable, __file__, "--muse-run", str(root), str(n), "--workers", str(a.workers)],
+                           check=True, capture_output=True, text=True)
+        return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("MUSE "))[5:])
+
     root = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="stmorph_scale_"))
     root.mkdir(parents=True, exist_ok=True)
     results = []
     try:
         for n in [int(v) for v in a.cells.split(",") if v.strip()]:
+            if a.muse_only:
+                r = {"n_cells": n, "muse": muse_step(n)}
+                results.append(r)
+                print(json.dumps(r, indent=1), flush=True)
+                continue
             r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max, full_eval=not a.classification_only)
+            if a.muse:
+                r["muse"] = muse_step(n)
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
             print(f"== {n} cells on {a.workers} workers: crops {r['crops']['wall_s']} s "

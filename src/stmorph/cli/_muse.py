@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
         ),
         label_weighting: str = typer.Option(
             "gate", "--label-weighting",
-            help="Triplet-loss weight per modality: gate (default: drop a modality whose initial pseudo-labels "
-            "have silhouette <= 0; a no-op otherwise), none (the reference) or silhouette.",
+            help="Pseudo-labels per modality: gate (default: a modality whose initial pseudo-labels have "
+            "silhouette <= 0 trains on the labels of all modalities clustered together; a no-op otherwise), "
+            "none (the reference) or silhouette.",
         ),
         random_state: int = typer.Option(
             0, "--random-state", help="Random seed (weights, batches, PCA, clustering)."

@@ -95,11 +95,11 @@ def muse(
         ``cluster_key`` clusters always use every cell.
     label_weighting
         ``"none"`` (the reference), ``"silhouette"`` (scale each modality's triplet loss by the silhouette
-        of its pseudo-labels relative to the best modality) or ``"gate"`` (drop the triplet loss of a
-        modality whose initial labels are no better than random; the default, a no-op when every modality's
-        labels carry structure); see :class:`stmorph.models.muse.MUSE`.
-        Helps when one modality's labels are near random (heavy transcript dropout), see
-        benchmarks/results/muse.md.
+        of its pseudo-labels relative to the best modality) or ``"gate"`` (a modality whose initial labels
+        are no better than random trains on the labels of all modalities clustered together instead of its
+        own; the default, a no-op when every modality's labels carry structure); see
+        :class:`stmorph.models.muse.MUSE`. Helps when one modality's labels are near random (heavy transcript
+        dropout, a structureless modality), see benchmarks/RESULTS.md.
     random_state
         Seed (weights, batches, PCA, clustering).
     key_added
