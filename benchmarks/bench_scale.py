@@ -9,8 +9,8 @@ references the images by path. Then, on a :class:`distributed.LocalCluster` of `
 
 * ``read``  - the driver reads the cell table and image references (:class:`stmorph.distributed.SampleSource`);
 * ``crops`` - :func:`stmorph.distributed.write_crops`: both stains, every cell, to the tiled zarr store;
-* ``cp``    - :func:`stmorph.distributed.cellprofiler_features`: intensity + texture (256 grey levels, scale 3) on
-  each cell's own mask, DAPI + membrane + Otsu-DAPI, selection and NaN filling on the whole table;
+* ``cp``    - :func:`stmorph.distributed.cellprofiler_features`: intensity + texture (256 grey levels, scale 3;
+  ``--modules all``: every module) on each cell's own mask, DAPI + membrane + Otsu-DAPI, selection and NaN filling on the whole table;
 * ``vae``   - a stain VAE (``ls2_cpu``) trained for one epoch on 2,000 cells in the driver, then
   :func:`stmorph.distributed.vae_latents`: every cell encoded on the workers;
 * ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table and the VAE latent (random forest, 5 folds;
@@ -168,13 +168,22 @@ def _per_worker(run_info: dict) -> dict:
             for pid, v in run_info.get("workers", {}).items()}
 
 
+def _cp_dir(root: Path, n_cells: int, modules: tuple[str, ...]) -> Path:
+    """The CellProfiler run folder of one slide and module set (intensity + texture: ``cp_N``)."""
+    return root / (f"cp_{n_cells}" if modules == CP_MODULES else f"cp_{n_cells}_{'-'.join(modules)}")
+
+
+CP_MODULES = ("intensity", "texture")
+
+
 def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, serial_max: int = 10_000,
-          full_eval: bool = True) -> dict:
+          full_eval: bool = True, modules: tuple[str, ...] = CP_MODULES) -> dict:
     from distributed import Client, LocalCluster
 
     import stmorph.distributed as sd
 
-    res: dict = {"n_cells": n_cells, "workers": workers, "crop_size": size, "tile_size": tile_size}
+    res: dict = {"n_cells": n_cells, "workers": workers, "crop_size": size, "tile_size": tile_size,
+                 "modules": list(modules)}
     t = time.perf_counter()
     folder = root / f"slide_{n_cells}" / "sample.stmorph"
     if folder.exists():  # a slide of this size written by an earlier run in this folder (deterministic)
@@ -209,8 +218,8 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            df = sd.cellprofiler_features(folder, out_dir=root / f"cp_{n_cells}", size=size, masks=True,
-                                          modules=["intensity", "texture"], tile_size=tile_size, client=client,
+            df = sd.cellprofiler_features(folder, out_dir=_cp_dir(root, n_cells, modules), size=size, masks=True,
+                                          modules=list(modules), tile_size=tile_size, client=client,
                                           show_progress=False)
         wall = time.perf_counter() - t
         d = df.attrs["info"]["distributed"]
@@ -233,7 +242,7 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
             t, c = time.perf_counter(), time.process_time()
             with warnings.catch_warnings(), thread_limits(1):  # one thread: the per-core reference of a worker
                 warnings.simplefilter("ignore")
-                cellprofiler_features(sample, size=size, masks=True, modules=["intensity", "texture"])
+                cellprofiler_features(sample, size=size, masks=True, modules=list(modules))
             wall, cpu = time.perf_counter() - t, time.process_time() - c
             key = f"X_cp_{size}"
             res["cp_serial"] = {"threads": 1, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
@@ -292,7 +301,7 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
     return res
 
 
-def muse_run(root: Path, n_cells: int, workers: int) -> dict:
+def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = CP_MODULES) -> dict:
     """MUSE of the CellProfiler table and the VAE latent of one finished run, in this process.
 
     Reads the per-tile outputs (``cp_N/tiles/*.parquet``, raw features; ``vae_N/tiles/*.npz``), drops
@@ -306,7 +315,7 @@ def muse_run(root: Path, n_cells: int, workers: int) -> dict:
     from stmorph.models.muse import muse_fit_predict
 
     t = time.perf_counter()
-    cp = pd.concat([pd.read_parquet(f) for f in sorted((root / f"cp_{n_cells}" / "tiles").glob("*.parquet"))])
+    cp = pd.concat([pd.read_parquet(f) for f in sorted((_cp_dir(root, n_cells, modules) / "tiles").glob("*.parquet"))])
     cp = cp.sort_index()
     x0 = cp.to_numpy(dtype=np.float32)
     del cp
@@ -351,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the serial cellprofiler_features (time, equality) up to this many cells")
     p.add_argument("--classification-only", action="store_true",
                    help="evaluate by classification only (no PERMANOVA/PERMDISP/Leiden)")
+    p.add_argument("--modules", default="intensity,texture",
+                   help="CellProfiler modules, comma-separated, or 'all' (every module stmorph measures)")
     p.add_argument("--muse", action="store_true",
                    help="also run MUSE of the CellProfiler table and the VAE latent (own process, after the run)")
     p.add_argument("--muse-only", action="store_true",
@@ -358,17 +369,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     p.add_argument("--muse-run", nargs=2, metavar=("ROOT", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    from stmorph.features._cellprofiler import ALL_MODULES
+
+    modules = tuple(ALL_MODULES) if a.modules == "all" else tuple(m.strip() for m in a.modules.split(",") if m.strip())
     if a.generate:
         make_slide(Path(a.generate[0]), int(a.generate[1]))
         return 0
     if a.muse_run:
-        print("MUSE " + json.dumps(muse_run(Path(a.muse_run[0]), int(a.muse_run[1]), a.workers)), flush=True)
+        print("MUSE " + json.dumps(muse_run(Path(a.muse_run[0]), int(a.muse_run[1]), a.workers, modules)), flush=True)
         return 0
 
     def muse_step(n: int) -> dict:
         # its own process: the peak RSS is MUSE's (plus the arrays it reads), not the pipeline's
-        p = subprocess.run([sys.executable, __file__, "--muse-run", str(root), str(n), "--workers", str(a.workers)],
-                           check=True, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, "--muse-run", str(root), str(n), "--workers", str(a.workers),
+                            "--modules", ",".join(modules)], check=True, capture_output=True, text=True)
         return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("MUSE "))[5:])
 
     root = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="stmorph_scale_"))
@@ -381,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 continue
-            r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max, full_eval=not a.classification_only)
+            r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max, full_eval=not a.classification_only,
+                      modules=modules)
             if a.muse:
                 r["muse"] = muse_step(n)
             results.append(r)
