@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -18,6 +19,21 @@ def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _tile_size_option() -> Any:
+    """``--tile-size``, shared by the commands that run tile by tile."""
+    return typer.Option(
+        2048, "--tile-size", help="Tile side in pixels with --workers/--scheduler (each task reads its tile plus half "
+        "a crop on every side).",
+    )
+
+
+def _check_workers(workers: int | None) -> None:
+    from ..errors import StmorphInputError
+
+    if workers is not None and workers < 1:
+        raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
+
+
 def _cellprofiler_distributed(
     sample_dir: Path, out: Path, key: str, h5ad: Path | None, workers: int | None, scheduler: str | None, **kwargs
 ) -> None:
@@ -26,10 +42,8 @@ def _cellprofiler_distributed(
     import pandas as pd
 
     from ..distributed import cellprofiler_features as distributed_cellprofiler
-    from ..errors import StmorphInputError
 
-    if workers is not None and workers < 1:
-        raise StmorphInputError(f"--workers {workers}", expected="a positive number of worker processes")
+    _check_workers(workers)
     if kwargs.get("intensity_scale") not in ("image", "dtype"):
         try:
             kwargs["intensity_scale"] = float(kwargs["intensity_scale"])
@@ -47,6 +61,33 @@ def _cellprofiler_distributed(
     d = info["distributed"]
     typer.echo(
         f"measured {info['n_features_measured']} features, kept {info['n_features_kept']} in {info['seconds']:.1f} s "
+        f"({d['n_computed']} of {d['n_tiles']} tiles computed, {d['n_skipped']} resumed; tiles in {tiles})"
+    )
+    write_obsm(adata, key, out, h5ad=h5ad)
+
+
+def _cnn_distributed(
+    sample_dir: Path, out: Path, key: str, h5ad: Path | None, workers: int | None, scheduler: str | None, **kwargs
+) -> None:
+    """``stmorph features cnn --workers N / --scheduler ADDRESS``: :func:`stmorph.distributed.cnn_features`, the
+    same table (and ``--h5ad`` AnnData) as the serial command."""
+    import anndata as ad
+    import pandas as pd
+
+    from ..distributed import cnn_features as distributed_cnn
+
+    _check_workers(workers)
+    tiles = out.with_name(out.name + ".tiles")
+    df = distributed_cnn(sample_dir, out_dir=tiles, key_added=key, n_workers=workers, scheduler=scheduler,
+                         overwrite="changed", **kwargs)
+    info = df.attrs["info"]
+    adata = ad.read_h5ad(sample_dir / "cells.h5ad") if h5ad is not None else ad.AnnData(
+        obs=pd.DataFrame(index=pd.Index(df.index.astype(str))))
+    adata.obsm[key] = df.to_numpy()
+    adata.uns[key] = info
+    d = info["distributed"]
+    typer.echo(
+        f"{info['n_raw_features']} CNN features, {info['n_components']} kept in {info['seconds']:.1f} s "
         f"({d['n_computed']} of {d['n_tiles']} tiles computed, {d['n_skipped']} resumed; tiles in {tiles})"
     )
     write_obsm(adata, key, out, h5ad=h5ad)
@@ -90,6 +131,7 @@ def register(app: typer.Typer) -> None:
             None, "--scheduler", help="Run tile by tile on the dask scheduler at this address (e.g. tcp://host:8786 of "
             "a SLURM cluster started with dask-jobqueue); workers need the sample on a shared file system.",
         ),
+        tile_size: int = _tile_size_option(),
     ) -> None:
         """CellProfiler features (cp-measure) of square crops around every cell."""
         from ..features import cellprofiler_features
@@ -101,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 sample_dir, out, k, h5ad, workers, scheduler, size=size, crop_um=crop_um, channels=_split(channels),
                 otsu_channels=tuple(_split(otsu) or ()), modules=_split(modules) or (), masks=masks,
                 mask_ids=mask_ids, intensity_scale=intensity_scale, select=select,
-                fill_nan="median" if fill_nan else None,
+                fill_nan="median" if fill_nan else None, tile_size=tile_size,
             )
             return
         sample = SpatialSample.read(sample_dir)
@@ -151,6 +193,16 @@ def register(app: typer.Typer) -> None:
         random_state: int = typer.Option(0, "--random-state", help="Random seed (PCA solver, random initialisation)."),
         seed: int = typer.Option(None, "--seed", hidden=True, help="Deprecated alias of --random-state."),
         h5ad: Path = typer.Option(None, help="Also write the cells AnnData with the features in obsm to this .h5ad file."),
+        workers: int = typer.Option(
+            None, "--workers", help="Run the network tile by tile on a local dask cluster of this many worker processes "
+            "(one thread each; the same table as the serial run, PCA once at the end). Tiles go to <out>.tiles/; a "
+            "killed run resumes there.",
+        ),
+        scheduler: str = typer.Option(
+            None, "--scheduler", help="Run tile by tile on the dask scheduler at this address (e.g. tcp://host:8786 of "
+            "a SLURM cluster started with dask-jobqueue); workers need the sample on a shared file system.",
+        ),
+        tile_size: int = _tile_size_option(),
     ) -> None:
         """Pretrained-CNN features of every channel's crop, concatenated and PCA-reduced (MUSE)."""
         from ..features import cnn_features
@@ -160,6 +212,15 @@ def register(app: typer.Typer) -> None:
         random_state = random_state_option(random_state, seed)
         if weights is None and not model.endswith((".pt", ".pth", ".ts", ".jit")):
             typer.secho("warning: no --weights: the network is randomly initialised", fg=typer.colors.YELLOW, err=True)
+        if (workers is not None and workers > 1) or scheduler:
+            _cnn_distributed(
+                sample_dir, out, key, h5ad, workers, scheduler, model=model, weights=weights, size=size,
+                crop_um=crop_um, masks=masks, channels=_split(channels), n_components=n_components or None,
+                input_size=input_size, batch_size=batch_size, device=device, random_state=random_state,
+                tile_size=tile_size,
+            )
+            return
+        _check_workers(workers)
         sample = SpatialSample.read(sample_dir)
         cnn_features(
             sample,

@@ -10,11 +10,14 @@ resumes a killed run from its finished tiles.
 Per-cell kinds built on it:
 
 * :func:`cellprofiler_features` - CellProfiler features equal to :func:`stmorph.features.cellprofiler_features`;
+* :func:`cnn_features` - CNN features equal to :func:`stmorph.features.cnn_features` (the network run per tile,
+  the PCA once on the whole table);
 * :func:`write_crops` / :func:`open_crops` - stain (and spot) crops written once to a chunked zarr store that
   training can stream from;
 * :func:`vae_latents` - the latent space of a trained :class:`~stmorph.models.vae.CropVAE`.
 """
 
+from ._cnn import cnn_features
 from ._crops import CropStore, StoreCropDataset, open_crops, write_crops
 from ._engine import TileRun, TileTask, TileTaskError, engine_client, read_manifest, run_tiles, worker_memory
 from ._features import cellprofiler_features
@@ -31,6 +34,7 @@ __all__ = [
     "TileTask",
     "TileTaskError",
     "cellprofiler_features",
+    "cnn_features",
     "engine_client",
     "open_crops",
     "plan_tiles",

@@ -31,6 +31,9 @@ __all__ = ["SmallResNet", "load_cnn", "extract_cnn_features", "cnn_features", "I
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Cells :func:`cnn_features` crops at once; its forward batches restart at each block (the distributed function
+#: reproduces these batches, see :mod:`stmorph.distributed._cnn`).
+_CROP_BLOCK = 1024
 
 
 def _torch():
@@ -408,7 +411,7 @@ def cnn_features(
     if crop_normalize == "image":
         rng_kw["image_range"] = [(float(np.min(im)), float(np.max(im))) for im in images]
     parts = []
-    block = 1024
+    block = _CROP_BLOCK
     for b0 in range(0, sample.n_cells, block):
         crops = crop_stains(images, None, size, boxes=boxes[b0 : b0 + block], edge=edge, normalize=crop_normalize, **rng_kw)
         if resolved is not None:
