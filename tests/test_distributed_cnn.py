@@ -161,3 +161,24 @@ def test_cli_workers_gives_the_serial_table(sample_dir, client, tmp_path):
     assert (tmp_path / "workers.csv.tiles" / "manifest.json").exists()
     table = pd.read_csv(outs["serial"], index_col=0)
     assert table.shape == (120, 6) and table.index.name == "cell_id"
+
+
+def test_study_config_compute_section_routes_cnn_to_the_cluster(sample_dir, client, tmp_path):
+    """`[compute] scheduler = ...` builds a cnn space tile by tile, equal to the same space built serially (CPU)."""
+    from stmorph.pipeline._config import config_from_dict
+    from stmorph.pipeline._spaces import SpaceContext, build_space
+
+    space = {"kind": "cnn", "model": "small_resnet", "size": 24, "input_size": 32, "n_components": 5,
+             "batch_size": 7}
+    base = {"sample": {"reader": "stmorph", "path": str(sample_dir)}, "spaces": {"CNN": space}}
+    frames = {}
+    for name, compute in (("serial", {}), ("cluster", {"scheduler": client.scheduler.address, "tile_size": TILE})):
+        cfg = config_from_dict({**base, "compute": compute}, base_dir=tmp_path)
+        ctx = SpaceContext(sample=SpatialSample.read(sample_dir), workdir=tmp_path / name, compute=cfg.compute,
+                           device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames[name] = build_space("CNN", dict(cfg.spaces["CNN"]), ctx)
+    assert frames["serial"].shape == (120, 5)
+    pd.testing.assert_frame_equal(frames["cluster"], frames["serial"])
+    assert (tmp_path / "cluster" / "tiles").is_dir() and not (tmp_path / "serial" / "tiles").exists()

@@ -220,7 +220,17 @@ def _cellprofiler(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
 def _cnn(ctx: SpaceContext, p: dict[str, Any]) -> pd.DataFrame:
     from .. import features
 
-    features.cnn_features(ctx.sample, key_added="X_cnn_pipeline", device=ctx.device, random_state=ctx.seed, **p)
+    workers, scheduler = int(ctx.compute.get("workers", 1)), ctx.compute.get("scheduler") or None
+    if workers > 1 or scheduler:  # tile by tile on Dask (CPU workers): the same table as the serial call on CPU
+        from .. import distributed
+
+        distributed.cnn_features(
+            ctx.sample, key_added="X_cnn_pipeline", out_dir=ctx.workdir / "tiles", n_workers=workers,
+            scheduler=scheduler, tile_size=int(ctx.compute.get("tile_size", 2048)), overwrite="changed",
+            random_state=ctx.seed, **p,
+        )
+    else:
+        features.cnn_features(ctx.sample, key_added="X_cnn_pipeline", device=ctx.device, random_state=ctx.seed, **p)
     return _obsm_frame(ctx.sample, "X_cnn_pipeline", "cnn")
 
 
