@@ -38,8 +38,6 @@ def _cellprofiler_distributed(
     sample_dir: Path, out: Path, key: str, h5ad: Path | None, workers: int | None, scheduler: str | None, **kwargs
 ) -> None:
     """``stmorph features cellprofiler --workers N / --scheduler ADDRESS``: :mod:`stmorph.distributed`."""
-    import anndata as ad
-    import pandas as pd
 
     from ..distributed import cellprofiler_features as distributed_cellprofiler
 
@@ -53,17 +51,8 @@ def _cellprofiler_distributed(
     df = distributed_cellprofiler(sample_dir, out_dir=tiles, key_added=key, n_workers=workers, scheduler=scheduler,
                                   overwrite="changed", **kwargs)
     info = df.attrs["info"]
-    adata = ad.read_h5ad(sample_dir / "cells.h5ad") if h5ad is not None else ad.AnnData(
-        obs=pd.DataFrame(index=pd.Index(df.index.astype(str))))
-    adata.obsm[key] = df.to_numpy()
-    adata.uns[f"{key}_features"] = list(df.columns)
-    adata.uns[key] = info
-    d = info["distributed"]
-    typer.echo(
-        f"measured {info['n_features_measured']} features, kept {info['n_features_kept']} in {info['seconds']:.1f} s "
-        f"({d['n_computed']} of {d['n_tiles']} tiles computed, {d['n_skipped']} resumed; tiles in {tiles})"
-    )
-    write_obsm(adata, key, out, h5ad=h5ad)
+    _write_tiled(df, sample_dir, key, out, h5ad, tiles, f"measured {info['n_features_measured']} features, kept "
+                 f"{info['n_features_kept']}", feature_names=True)
 
 
 def _cnn_distributed(
@@ -71,8 +60,6 @@ def _cnn_distributed(
 ) -> None:
     """``stmorph features cnn --workers N / --scheduler ADDRESS``: :func:`stmorph.distributed.cnn_features`, the
     same table (and ``--h5ad`` AnnData) as the serial command."""
-    import anndata as ad
-    import pandas as pd
 
     from ..distributed import cnn_features as distributed_cnn
 
@@ -81,15 +68,26 @@ def _cnn_distributed(
     df = distributed_cnn(sample_dir, out_dir=tiles, key_added=key, n_workers=workers, scheduler=scheduler,
                          overwrite="changed", **kwargs)
     info = df.attrs["info"]
+    _write_tiled(df, sample_dir, key, out, h5ad, tiles,
+                 f"{info['n_raw_features']} CNN features, {info['n_components']} kept")
+
+
+def _write_tiled(df, sample_dir: Path, key: str, out: Path, h5ad: Path | None, tiles: Path, what: str,
+                 feature_names: bool = False) -> None:
+    """Write a tile-by-tile table as the serial commands do (``out`` and, with ``--h5ad``, AnnData) and report."""
+    import anndata as ad
+    import pandas as pd
+
+    info = df.attrs["info"]
     adata = ad.read_h5ad(sample_dir / "cells.h5ad") if h5ad is not None else ad.AnnData(
         obs=pd.DataFrame(index=pd.Index(df.index.astype(str))))
     adata.obsm[key] = df.to_numpy()
+    if feature_names:
+        adata.uns[f"{key}_features"] = list(df.columns)
     adata.uns[key] = info
     d = info["distributed"]
-    typer.echo(
-        f"{info['n_raw_features']} CNN features, {info['n_components']} kept in {info['seconds']:.1f} s "
-        f"({d['n_computed']} of {d['n_tiles']} tiles computed, {d['n_skipped']} resumed; tiles in {tiles})"
-    )
+    typer.echo(f"{what} in {info['seconds']:.1f} s ({d['n_computed']} of {d['n_tiles']} tiles computed, "
+               f"{d['n_skipped']} resumed; tiles in {tiles})")
     write_obsm(adata, key, out, h5ad=h5ad)
 
 
