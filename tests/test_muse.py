@@ -317,6 +317,9 @@ def test_tl_muse_writes_scverse_keys(tiny_mdata):
     p = md.uns["muse"]["params"]
     assert p["modalities"] == ["rna", "morph"] and p["zero_inflated"] == [True, False]
     assert md.uns["muse"]["margin"] > 0
+    fc = md.uns["muse"]["final_clustering"]  # what the final clustering did at this size
+    assert fc["n_cells"] == fc["clustered_cells"] == 150 and fc["leiden_iterations"] == -1
+    assert not fc["approximate_knn"] and not fc["propagated"] and set(fc["timings_s"]) == {"knn", "graph", "leiden"}
     cp = tl.muse(tiny_mdata, latent_dim=6, key_added="X_m2", cluster_key="c2", copy=True, **TINY)
     assert "X_m2" in cp.obsm and "X_m2" not in tiny_mdata.obsm
     np.testing.assert_allclose(cp.obsm["X_m2"], md.obsm["X_muse"])  # same seed, same result

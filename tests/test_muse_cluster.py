@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from stmorph import StmorphInputError
-from stmorph._cluster import jaccard_graph, knn_indices, phenograph_leiden
+from stmorph._cluster import jaccard_graph, knn_indices, phenograph_leiden, phenograph_scaling
 
 
 def _blobs(n_per=60, n_blobs=4, d=6, seed=0):
@@ -114,3 +114,27 @@ def test_subsampled_clustering_recovers_blobs_and_reports_timings():
     np.testing.assert_array_equal(a, phenograph_leiden(X, k=15, max_cells=200, random_state=1))
     # below max_cells nothing changes
     np.testing.assert_array_equal(phenograph_leiden(X, k=15, max_cells=10_000), phenograph_leiden(X, k=15))
+
+
+def test_large_n_switches_to_two_leiden_iterations(monkeypatch):
+    """Above APPROX_KNN_MIN_CELLS rows Leiden runs 2 iterations (not until stable); phenograph_scaling says so."""
+    import stmorph._cluster._community as com
+
+    assert phenograph_scaling(50_000) == {"n_cells": 50_000, "clustered_cells": 50_000, "approximate_knn": False,
+                                          "leiden_iterations": -1, "propagated": False}
+    big = phenograph_scaling(1_000_000, max_cells=20_000)
+    assert big["clustered_cells"] == 20_000 and big["propagated"] and big["leiden_iterations"] == -1
+    assert phenograph_scaling(1_000_000)["approximate_knn"] and phenograph_scaling(1_000_000)["leiden_iterations"] == 2
+    seen: list[int] = []
+    real = com._igraph_communities
+
+    def spy(g, resolution, random_state, *, method="leiden", n_iterations=-1):
+        seen.append(n_iterations)
+        return real(g, resolution, random_state, method=method, n_iterations=n_iterations)
+
+    monkeypatch.setattr(com, "_igraph_communities", spy)
+    X, truth = _blobs(n_per=60, n_blobs=4)
+    phenograph_leiden(X, k=15)
+    monkeypatch.setattr(com, "APPROX_KNN_MIN_CELLS", 100)  # 240 rows count as large now
+    labels = phenograph_leiden(X, k=15, approximate=False)
+    assert seen == [-1, 2] and adjusted_rand_score(truth, labels) == pytest.approx(1.0)

@@ -9,7 +9,7 @@
 The tuning protocols and the clustering metrics that use them live in :mod:`stmorph.eval._cluster`.
 """
 
-from ._community import nearest_centroid_labels, phenograph_leiden
+from ._community import nearest_centroid_labels, phenograph_leiden, phenograph_scaling
 from ._graphs import (
     APPROX_KNN_MIN_CELLS,
     SCANPY_APPROX_MIN_CELLS,
@@ -29,5 +29,6 @@ __all__ = [
     "knn_indices",
     "nearest_centroid_labels",
     "phenograph_leiden",
+    "phenograph_scaling",
     "study_neighbors",
 ]

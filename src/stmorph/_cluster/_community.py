@@ -20,9 +20,17 @@ import scipy.sparse as sp
 
 from .._utils import progress
 from ..errors import StmorphInputError
-from ._graphs import STUDY_SEED, _from_parts, _quiet, _to_igraph, jaccard_graph, knn_indices
+from ._graphs import (
+    APPROX_KNN_MIN_CELLS,
+    STUDY_SEED,
+    _from_parts,
+    _quiet,
+    _to_igraph,
+    jaccard_graph,
+    knn_indices,
+)
 
-__all__ = ["nearest_centroid_labels", "phenograph_leiden"]
+__all__ = ["nearest_centroid_labels", "phenograph_leiden", "phenograph_scaling"]
 
 
 def nearest_centroid_labels(X: np.ndarray, X_ref: np.ndarray, labels_ref: np.ndarray) -> np.ndarray:
@@ -63,6 +71,39 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return rank[inv].astype(np.int64)
 
 
+def phenograph_scaling(
+    n: int, *, approximate: bool | None = None, n_iterations: int | None = None, max_cells: int | None = None
+) -> dict:
+    """What :func:`phenograph_leiden` does at ``n`` rows with these arguments (for ``uns`` / ``summary.json``).
+
+    Parameters
+    ----------
+    n
+        Rows to cluster.
+    approximate, n_iterations, max_cells
+        As passed to :func:`phenograph_leiden` (``None``: its size-dependent defaults).
+
+    Returns
+    -------
+    ``{"n_cells", "clustered_cells", "approximate_knn", "leiden_iterations", "propagated"}``: the rows in the
+    graph, whether their neighbour search is NN-descent, the Leiden iterations (-1: until stable) and whether
+    the other rows take the nearest centroid's label.
+
+    Examples
+    --------
+    >>> phenograph_scaling(1_000)["leiden_iterations"], phenograph_scaling(1_000_000)["leiden_iterations"]
+    (-1, 2)
+    """
+    m = int(n) if max_cells is None else min(int(n), int(max_cells))
+    return {
+        "n_cells": int(n),
+        "clustered_cells": m,
+        "approximate_knn": bool(m > APPROX_KNN_MIN_CELLS if approximate is None else approximate),
+        "leiden_iterations": int((-1 if m <= APPROX_KNN_MIN_CELLS else 2) if n_iterations is None else n_iterations),
+        "propagated": m < int(n),
+    }
+
+
 def phenograph_leiden(
     X: np.ndarray,
     k: int = 30,
@@ -71,10 +112,11 @@ def phenograph_leiden(
     method: Literal["leiden", "louvain"] = "leiden",
     *,
     n_jobs: int | None = None,
-    n_iterations: int = -1,
+    n_iterations: int | None = None,
     approximate: bool | None = None,
     timings: dict[str, float] | None = None,
     max_cells: int | None = None,
+    show_progress: bool | None = False,
 ) -> np.ndarray:
     """Cluster the rows of ``X`` PhenoGraph-style: Jaccard kNN graph + Leiden (or Louvain) modularity.
 
@@ -94,7 +136,10 @@ def phenograph_leiden(
     n_jobs
         Threads for the neighbour search.
     n_iterations
-        Leiden iterations; ``-1`` runs until the partition is stable.
+        Leiden iterations; ``-1`` runs until the partition is stable. ``None``: ``-1`` up to
+        :data:`APPROX_KNN_MIN_CELLS` rows, ``2`` above (leidenalg's and scanpy's default). Measured on a MUSE
+        latent of 100,000 cells (13 clusters): until stable 64 s of Leiden, 2 iterations 5.5 s, the two
+        partitions at ARI 0.93 and equally close to the cell types (0.442 vs 0.437).
     approximate
         Approximate neighbour search (see :func:`knn_indices`; ``None``: only above
         :data:`APPROX_KNN_MIN_CELLS` cells).
@@ -132,23 +177,36 @@ def phenograph_leiden(
     if max_cells is not None and n > max_cells:
         sel = np.sort(np.random.default_rng(int(random_state)).choice(n, size=int(max_cells), replace=False))
         sub = phenograph_leiden(X[sel], k=k, resolution=resolution, random_state=random_state, method=method,
-                                n_jobs=n_jobs, n_iterations=n_iterations, approximate=approximate, timings=timings)
+                                n_jobs=n_jobs, n_iterations=n_iterations, approximate=approximate, timings=timings,
+                                show_progress=show_progress)
         t = time.perf_counter()
         labels = nearest_centroid_labels(X, X[sel], sub)
         labels[sel] = sub
         if timings is not None:
             timings["propagate"] = timings.get("propagate", 0.0) + time.perf_counter() - t
         return _relabel_by_size(labels)
+    n_iterations = phenograph_scaling(n, n_iterations=n_iterations)["leiden_iterations"]
+    bar = progress(None, total=3, desc=f"clustering {n:,} cells",
+                   disable=None if show_progress is None else not show_progress)
     t0 = time.perf_counter()
+    bar.set_postfix_str("neighbours")
     idx = knn_indices(X, k=k, n_jobs=n_jobs, approximate=approximate, random_state=random_state)
+    bar.update(1)
     t1 = time.perf_counter()
+    bar.set_postfix_str("Jaccard graph")
     W = sp.triu(jaccard_graph(idx), k=1).tocoo()
+    del idx
     g = _to_igraph((n, np.column_stack([W.row, W.col]), W.data.astype(np.float64)))
+    del W
+    bar.update(1)
     t2 = time.perf_counter()
+    bar.set_postfix_str(method)
     # igraph's own C implementations of Leiden and Louvain. Measured on the MUSE demo data (1,000 cells, k=30): the
     # same partitions / modularity as leidenalg's RBConfigurationVertexPartition in 5 of 6 cases (equal modularity
     # to 3 decimals in all 6), 13-20x faster (15 ms vs 0.2-0.45 s CPU per call); MUSE clusters ~11 times per run.
     membership = _igraph_communities(g, resolution, random_state, method=method, n_iterations=n_iterations)
+    bar.update(1)
+    bar.close()
     if timings is not None:
         t3 = time.perf_counter()
         for key, v in (("knn", t1 - t0), ("graph", t2 - t1), ("leiden", t3 - t2)):

@@ -138,6 +138,7 @@ def muse(
     """
     import pandas as pd
 
+    from .._cluster import phenograph_scaling
     from ..models.muse import MUSE
     from ..models.muse._model import _deprecated_n_threads
 
@@ -221,7 +222,8 @@ def muse(
 
     t0 = time.perf_counter()
     z, hs = model.transform(xs, feature_names=names)
-    clusters = model.cluster(z)
+    steps: dict[str, float] = {}
+    clusters = model.cluster(z, timings=steps)
     t_cl = time.perf_counter() - t0
 
     mdata.obsm[key_added] = z
@@ -259,6 +261,8 @@ def muse(
             "training": float(info["time_training_s"]),
             "final_clustering": float(t_cl),
         },
+        # what changes with size (NN-descent and 2 Leiden iterations above 50,000 cells)
+        "final_clustering": {**phenograph_scaling(z.shape[0]), "timings_s": {k: float(v) for k, v in steps.items()}},
     }
     mdata.uns[key_added] = uns
     if key_added != "muse":

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..._cluster import phenograph_leiden
+from ..._cluster import APPROX_KNN_MIN_CELLS, phenograph_leiden, phenograph_scaling
 from ..._threads import model_threads, resolve_n_jobs
 from ..._utils import resolve_device, seed_torch
 from ...errors import StmorphInputError
@@ -624,11 +624,15 @@ class MUSE(BaseModel):
         z
             Latent representation.
         **kw
-            Overrides of ``k``, ``resolution``, ``method``.
+            Overrides of ``k``, ``resolution``, ``method``; other arguments of
+            :func:`stmorph._cluster.phenograph_leiden` (``n_jobs``, ``timings``, ``show_progress``: by default a
+            bar above :data:`~stmorph._cluster.APPROX_KNN_MIN_CELLS` cells only).
 
         Returns
         -------
-        Integer labels.
+        Integer labels. Above :data:`~stmorph._cluster.APPROX_KNN_MIN_CELLS` cells the neighbour search is
+        NN-descent and Leiden runs 2 iterations (:func:`~stmorph._cluster.phenograph_scaling` says what a size
+        gets); every cell is in the graph.
 
         Examples
         --------
@@ -642,6 +646,7 @@ class MUSE(BaseModel):
             "resolution": self.train_info.get("resolution", 1.0),
             "method": self.train_info.get("cluster_method", "leiden"),
         }
+        opts["show_progress"] = None if len(z) > APPROX_KNN_MIN_CELLS else False
         opts.update(kw)
         return phenograph_leiden(z, random_state=self.random_state, **opts)
 
@@ -774,7 +779,9 @@ def muse_fit_predict(
     Returns
     -------
     Dict with ``latent`` ``(n, latent_dim)``, ``hidden`` (list of ``(n, 128)``), ``clusters`` (PhenoGraph-style
-    labels of ``latent``), ``labels`` (the last per-modality labels), ``model`` and ``timings`` (seconds).
+    labels of ``latent``), ``labels`` (the last per-modality labels), ``model``, ``timings`` (seconds) and
+    ``final_clustering`` (:func:`~stmorph._cluster.phenograph_scaling` of the final clustering, with the seconds
+    of its neighbour search, graph and Leiden).
 
     Examples
     --------
@@ -800,7 +807,8 @@ def muse_fit_predict(
     model.fit(xs, init_labels, **fit_kwargs)
     t0 = time.perf_counter()
     z, hs = model.transform(xs)
-    clusters = model.cluster(z)
+    steps: dict[str, float] = {}
+    clusters = model.cluster(z, timings=steps)
     t_cl = time.perf_counter() - t0
     info = model.train_info
     timings = {
@@ -816,4 +824,5 @@ def muse_fit_predict(
         "labels": info["last_labels"],
         "model": model,
         "timings": timings,
+        "final_clustering": {**phenograph_scaling(len(z)), "timings_s": steps},
     }
