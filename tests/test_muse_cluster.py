@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from stmorph import StmorphInputError
-from stmorph._cluster import jaccard_graph, knn_indices, phenograph_leiden, phenograph_scaling
+from stmorph._cluster import jaccard_edges, jaccard_graph, knn_indices, phenograph_leiden, phenograph_scaling
 
 
 def _blobs(n_per=60, n_blobs=4, d=6, seed=0):
@@ -40,6 +40,11 @@ def test_jaccard_weights_by_hand():
     ref = (ref + ref.T) / 2
     np.testing.assert_allclose(W, ref, atol=1e-6)
     assert np.allclose(W, W.T)
+    # the edge list phenograph_leiden uses: every pair with a weight once, u < v, row-major
+    n, edges, w = jaccard_edges(idx)
+    iu, ju = np.nonzero(np.triu(ref, k=1))
+    assert n == 40 and edges.tolist() == np.column_stack([iu, ju]).tolist()
+    np.testing.assert_allclose(w, ref[iu, ju], atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["leiden", "louvain"])

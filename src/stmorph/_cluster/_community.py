@@ -1,6 +1,6 @@
 """Community detection on neighbour graphs: Leiden (single graph and multiplex), Louvain, PhenoGraph.
 
-* :func:`phenograph_leiden` - PhenoGraph (Levine et al. 2015): Jaccard-weighted kNN graph (:func:`jaccard_graph`)
+* :func:`phenograph_leiden` - PhenoGraph (Levine et al. 2015): Jaccard-weighted kNN graph (:func:`jaccard_edges`)
   partitioned by igraph's Leiden or Louvain, seeded and without the ``phenograph`` package (MUSE's pseudo-labels);
 * :func:`_leiden`, :func:`_leiden_multiplex` - leidenalg's RB-configuration optimiser on one graph or on several
   (muon's multiplex), the optimisers of the evaluation's ``"fast"`` protocol;
@@ -16,7 +16,6 @@ import time
 from typing import Literal
 
 import numpy as np
-import scipy.sparse as sp
 
 from .._utils import progress
 from ..errors import StmorphInputError
@@ -26,7 +25,7 @@ from ._graphs import (
     _from_parts,
     _quiet,
     _to_igraph,
-    jaccard_graph,
+    jaccard_edges,
     knn_indices,
 )
 
@@ -194,10 +193,10 @@ def phenograph_leiden(
     bar.update(1)
     t1 = time.perf_counter()
     bar.set_postfix_str("Jaccard graph")
-    W = sp.triu(jaccard_graph(idx), k=1).tocoo()
+    graph = jaccard_edges(idx)
     del idx
-    g = _to_igraph((n, np.column_stack([W.row, W.col]), W.data.astype(np.float64)))
-    del W
+    g = _to_igraph(graph)
+    del graph
     bar.update(1)
     t2 = time.perf_counter()
     bar.set_postfix_str(method)
