@@ -146,6 +146,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Read a spatial transcriptomics output into a stmorph sample folder and print its summary.
 
+        Xenium transcripts are streamed in batches into the sample folder (memory flat in the number of
+        transcripts); other formats are read whole, then written.
+
         Example: stmorph read generic spots.csv --out s.stmorph --columns x=x_um,y=y_um,gene=target
         --units um --pixel-size 0.108 --image DAPI=dapi.tif --segmentation masks.tif
         """
@@ -192,9 +195,16 @@ def register(app: typer.Typer) -> None:
                     if key in kwargs["images"]:
                         raise StmorphInputError(f"two images are named '{key}'", expected="unique image names")
                     kwargs["images"][key] = value
-        sample = sio.read(path, format=fmt, **kwargs)
-        written = sio.write(sample, out, copy_images=copy_images, overwrite=overwrite)
-        typer.echo(repr(sample))
+        if reader is sio.read_xenium:  # the transcripts streamed to the sample folder, never loaded whole
+            from ..io._xenium import _convert_xenium
+
+            written, sample = _convert_xenium(path, out, copy_images=copy_images, overwrite=overwrite, **kwargs)
+            n_mol = sample.provenance.get("n_molecules", 0)
+            typer.echo(repr(sample).replace(", 0 molecules,", f", {n_mol} molecules,"))
+        else:
+            sample = sio.read(path, format=fmt, **kwargs)
+            written = sio.write(sample, out, copy_images=copy_images, overwrite=overwrite)
+            typer.echo(repr(sample))
         rep = sample.provenance.get("report", {})
         for key, note in rep.items():
             if isinstance(note, dict) and "message" in note:

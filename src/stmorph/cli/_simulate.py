@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 _LAYOUTS = ("sample", "baysor", "xenium", "cosmx", "merscope")
+#: Above this many cells, ``--as xenium`` writes a slide of distinct tissues out of core (write_xenium_slide).
+SLIDE_ABOVE = 20_000
 
 
 def register(app: typer.Typer) -> None:
@@ -37,9 +39,19 @@ def register(app: typer.Typer) -> None:
         z_planes: int = typer.Option(3, "--z-planes", help="Planes of the Baysor stain stacks."),
         pixel_size: float = typer.Option(0.5, "--pixel-size", help="Micrometres per pixel."),
         seed: int = typer.Option(0, "--seed", help="Random seed (the same seed gives the same tissue)."),
+        tissue_cells: int | None = typer.Option(
+            None, "--tissue-cells", help="With --as xenium: write a slide, a grid of distinct tissues of this many "
+            f"cells each, tissue by tissue (memory flat in --n-cells), whenever --n-cells exceeds it. Default: "
+            f"a slide of 2000-cell tissues above {SLIDE_ABOVE:,} cells, else one tissue in memory.",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     ) -> None:
-        """Simulate a tissue of cell types with expression, morphology, DAPI/membrane images and transcripts."""
+        """Simulate a tissue of cell types with expression, morphology, DAPI/membrane images and transcripts.
+
+        With --as xenium and more than 20,000 cells (or more than --tissue-cells), the output is a slide: a grid
+        of distinct tissues of one cell-type design, written tissue by tissue in the Xenium layout (memory flat
+        in the number of cells; stmorph.datasets.write_xenium_slide).
+        """
         from ..datasets._tissue import synthetic_tissue
         from ..errors import StmorphInputError
         from ..io._baysor import write_baysor_layout
@@ -51,12 +63,25 @@ def register(app: typer.Typer) -> None:
             raise StmorphInputError(f"unknown output kind '{layout_out}'", column="--as", expected=f"one of {_LAYOUTS}")
         if out.exists() and not overwrite:
             raise StmorphInputError("the output folder exists; pass --overwrite", file=out, expected="a new folder")
-        sample = synthetic_tissue(
-            n_cells, n_types, n_genes, layout=tissue_layout, morphology_signal=morphology_signal,
+        if tissue_cells is not None and tissue_cells < 1:
+            raise StmorphInputError(f"--tissue-cells {tissue_cells}", column="--tissue-cells", expected=">= 1")
+        tissue_args = dict(
+            n_types=n_types, n_genes=n_genes, layout=tissue_layout, morphology_signal=morphology_signal,
             expression_signal=expression_signal, morphology_only_types=morphology_only_types,
-            expression_only_types=expression_only_types, z_planes=z_planes, pixel_size=pixel_size,
-            random_state=seed,
+            expression_only_types=expression_only_types, z_planes=z_planes,
         )
+        per_tissue = tissue_cells if tissue_cells is not None else 2000
+        if layout_out == "xenium" and n_cells > (tissue_cells if tissue_cells is not None else SLIDE_ABOVE):
+            from ..datasets._slides import write_xenium_slide
+
+            write_xenium_slide(out, n_cells, tissue_cells=per_tissue, seed=seed, pixel_size=pixel_size,
+                               overwrite=overwrite, **tissue_args)
+            n_tissues = -(-n_cells // per_tissue)
+            typer.echo(f"slide of {n_cells} cells: {n_tissues} distinct tissues of {per_tissue} cells "
+                       f"(one cell-type design, seed {seed})")
+            typer.echo(f"wrote {layout_out} to {out}")
+            return
+        sample = synthetic_tissue(n_cells, pixel_size=pixel_size, random_state=seed, **tissue_args)
         if layout_out == "sample":
             sample.write(out, overwrite=overwrite)
         else:

@@ -29,7 +29,7 @@ from ._merfish import detect_merfish_tables, read_merfish_tables
 from ._merscope import detect_merscope, read_merscope
 from ._registry import ReaderSpec, available_formats, detect_format, read, register_reader, write
 from ._spatialdata import detect_spatialdata, from_spatialdata, read_spatialdata, to_spatialdata
-from ._xenium import XENIUM_DEFAULT_PIXEL_SIZE, detect_xenium, read_xenium
+from ._xenium import XENIUM_DEFAULT_PIXEL_SIZE, convert_xenium, detect_xenium, read_xenium
 
 __all__ = [
     "read",
@@ -41,6 +41,7 @@ __all__ = [
     "read_baysor",
     "read_merfish_tables",
     "read_xenium",
+    "convert_xenium",
     "read_generic",
     "read_merscope",
     "read_cosmx",

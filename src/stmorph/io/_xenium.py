@@ -25,16 +25,23 @@ What the reader takes from an output folder (10x's output-format documentation; 
 Micrometres become pixels of the stains' grid as ``(um - origin) / pixel_size`` for transcripts, centroids and
 polygon vertices alike; the masks already lie on that grid.
 
+:func:`convert_xenium` writes the sample folder that ``write(read_xenium(...))`` writes without loading the
+transcripts whole: they are read in record batches, counted and written out batch by batch (``stmorph read
+xenium`` uses it).
+
 :func:`write_xenium_layout` writes a :class:`~stmorph.SpatialSample` in that layout (the synthetic tissue's
 test bed): transcripts, cells, boundaries traced from the sample's segmentation, ``cells.zarr.zip`` masks and
-pyramidal ``morphology_focus`` OME-TIFFs with channel names.
+pyramidal ``morphology_focus`` OME-TIFFs with channel names. :func:`stmorph.datasets.write_xenium_slide` writes
+a slide of many tissues in the layout, out of core.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -72,7 +79,7 @@ from ._common import (
 from ._writers_common import cell_positions, int_counts
 
 __all__ = [
-    "read_xenium", "detect_xenium", "write_xenium_layout", "xenium_cell_id_strings", "xenium_cell_id_ints",
+    "read_xenium", "convert_xenium", "detect_xenium", "write_xenium_layout", "xenium_cell_id_strings", "xenium_cell_id_ints",
     "XENIUM_DEFAULT_PIXEL_SIZE",
 ]
 
@@ -180,6 +187,78 @@ def read_xenium(
     >>> list(s.images), s.segmentation  # doctest: +SKIP
     (['DAPI', 'ATP1A1_CD45_E-Cadherin', '18S', 'AlphaSMA_Vimentin'], LabelImage(.../cells.zarr.zip, component='masks/1'))
     """
+    folder, tx_file, report = _open_folder(path, segmentation)
+    tx = read_table(tx_file, columns=_TX_NEED, dtype=_TX_DTYPE)
+    exp, pixel_size, ps_source = _pixel_size(folder, pixel_size, report)
+    ox, oy = (0.0, 0.0) if origin is None else (float(origin[0]), float(origin[1]))
+
+    # -- transcripts -------------------------------------------------------------------------------------
+    b = _prepare_transcripts(tx, pixel_size, (ox, oy), min_qv, exclude_controls, tx_file)
+    _report_transcripts(report, len(tx), b.n_nan, b.n_low_qv, b.control_counts, len(b.control_features),
+                        int(b.keep.sum()), min_qv=min_qv, exclude_controls=exclude_controls, file=tx_file)
+    # cells derive from *all* assigned transcripts with coordinates (segmentation, not gene filtering)
+    coords = b.coords
+    all_mol = pd.DataFrame({"x": b.x_px[coords], "y": b.y_px[coords], "cell_id": b.cell_of[coords].to_numpy()})
+    keep = b.keep
+    mol = make_molecules(b.x_px[keep], b.y_px[keep], b.feature[keep].to_numpy(), b.cell_of[keep], b.z, **b.extra)
+    del b, tx
+    gene_names = pd.Index(sorted(mol["gene"].cat.categories.astype(str)))
+    if len(gene_names) == 0:
+        raise StmorphInputError("empty gene set", file=tx_file, column="feature_name", expected="at least one gene")
+
+    # -- cells -------------------------------------------------------------------------------------------
+    cells_file = find_file(folder, _CELLS, required=False, what="Xenium cells")
+    assigned = pd.Index(all_mol["cell_id"].dropna().unique())
+    files: dict[str, Any] = {"transcripts": str(tx_file)}
+    table_ids: pd.Index | None = None  # the cells table's ids in file order (the row order of cells.zarr.zip)
+    if cells_file is not None:
+        obs, table_ids, cells, centroids = _cells_table(cells_file, (ox, oy), pixel_size)
+        unassign_unknown_cells(mol, assigned, cells, report=report, file=cells_file, column="cell_id", what="transcript")
+        files["cells"] = str(cells_file)
+    else:
+        cells = assigned
+        if len(cells) == 0:
+            raise StmorphInputError("no transcript is assigned to a cell", file=tx_file, column="cell_id", expected="cell ids")
+        centroids = centroids_from_molecules(all_mol, cells)
+        obs = None
+        report.info("cells_from", "assigned transcripts (no cells table): centroid = mean transcript position")
+    del all_mol
+
+    X = counts_from_molecules(mol["cell_id"], mol["gene"], cells, gene_names)
+    adata = _cells_adata(X, cells, gene_names, centroids, obs, report, cells_file or tx_file, folder, files,
+                         labels=labels, label_column=label_column, exclude_labels=exclude_labels, genes=genes,
+                         tx_file=tx_file, molecules=mol)
+
+    # -- stains --------------------------------------------------------------------------------------------
+    images, sources = _open_stains(folder, image, report)
+    shape: tuple[int, int] | None = None
+    if images:
+        shape = _stain_shape(images)
+        files["images"] = sources
+        check_inside_image(mol["x"].to_numpy(), mol["y"].to_numpy(), shape, report, what="molecules", file=tx_file)
+
+    # -- segmentation ----------------------------------------------------------------------------------------
+    extent = (float(mol["x"].max()), float(mol["y"].max())) if len(mol) else (0.0, 0.0)
+    seg, label_id, seg_info = _read_segmentation(
+        folder, segmentation, adata.obs_names, table_ids, mol, extent, shape, float(pixel_size), (ox, oy), report
+    )
+    if seg is not None:
+        adata.obs[LABEL_ID_KEY] = np.asarray(label_id, dtype=np.int64)
+        files["segmentation"] = seg_info
+    prov = _provenance(folder, files, ps_source, (ox, oy), exp, exclude_controls, min_qv)
+    return finish_sample(adata, mol, images, float(pixel_size), name or folder.name, prov, report, seg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reader: the steps shared by read_xenium and convert_xenium
+# ---------------------------------------------------------------------------------------------------------------
+_TX_NEED = ["cell_id", "feature_name", "x_location", "y_location"]
+_TX_USED = (*_TX_NEED, "z_location", "overlaps_nucleus", "qv")
+_TX_DTYPE = {"cell_id": "string", "feature_name": "string"}
+
+
+def _open_folder(path: str | PathLike, segmentation: str | None) -> tuple[Path, Path, Report]:
+    """The Xenium folder, its transcripts file and a fresh report (after checking ``segmentation``)."""
     folder = as_dir(path, what="Xenium")
     if segmentation is not None and segmentation not in _SEGMENTATIONS:
         raise StmorphInputError(
@@ -188,10 +267,11 @@ def read_xenium(
     report = Report("read_xenium")
     tx_file = find_file(folder, _TRANSCRIPTS, required=True, what="Xenium transcripts")
     assert tx_file is not None
-    need = ["cell_id", "feature_name", "x_location", "y_location"]
-    tx = read_table(tx_file, columns=need, dtype={"cell_id": "string", "feature_name": "string"})
+    return folder, tx_file, report
 
-    # -- pixel size and origin ---------------------------------------------------------------------------
+
+def _pixel_size(folder: Path, pixel_size: float | None, report: Report) -> tuple[dict[str, Any], float, str]:
+    """``experiment.xenium`` (parsed), the pixel size and where it came from."""
     exp_file = folder / "experiment.xenium"
     ps_source = "argument"
     exp: dict[str, Any] = {}
@@ -207,82 +287,112 @@ def read_xenium(
         report.warn("pixel_size_default", 1, f"pixel size unknown (no experiment.xenium): assuming {XENIUM_DEFAULT_PIXEL_SIZE} um/px")
     if not pixel_size > 0:
         raise StmorphInputError(f"pixel_size={pixel_size}", expected="a positive pixel size in um")
-    ox, oy = (0.0, 0.0) if origin is None else (float(origin[0]), float(origin[1]))
+    return exp, float(pixel_size), ps_source
 
-    # -- transcripts -------------------------------------------------------------------------------------
+
+@dataclass
+class _Transcripts:
+    """One table (or batch) of transcripts, parsed: positions in pixels, ids, which rows are kept molecules."""
+
+    coords: np.ndarray  # rows with finite x and y
+    x_px: np.ndarray
+    y_px: np.ndarray
+    cell_of: pd.Series  # string, <NA> = unassigned
+    feature: pd.Series  # string
+    keep: np.ndarray  # the molecules: finite, qv, not a control
+    n_nan: int
+    n_low_qv: int
+    control_counts: dict[str, int]  # kept-but-control molecules per name prefix
+    control_features: set[str]
+    z: np.ndarray | None  # of the kept rows
+    extra: dict[str, np.ndarray]  # overlaps_nucleus / qv of the kept rows
+
+
+def _prepare_transcripts(
+    tx: pd.DataFrame, pixel_size: float, origin: tuple[float, float], min_qv: float | None, exclude_controls: bool,
+    file: Path,
+) -> _Transcripts:
+    """Parse a transcripts table or batch: ids, pixels, the NaN / qv / control filters."""
     feature = decode_strings(tx["feature_name"]).astype("string")
     cell_of = normalize_ids(decode_strings(tx["cell_id"]), _UNASSIGNED)
     x_um = pd.to_numeric(tx["x_location"], errors="coerce").to_numpy(np.float64)
     y_um = pd.to_numeric(tx["y_location"], errors="coerce").to_numpy(np.float64)
-    keep = np.isfinite(x_um) & np.isfinite(y_um)
-    n_nan = int((~keep).sum())
-    if n_nan == len(tx):
-        raise StmorphInputError("every transcript has a NaN coordinate", file=tx_file, column="x_location")
-    report.warn("molecules_nan_coordinates", n_nan, f"dropped {n_nan} transcripts with NaN coordinates")
-    x_px, y_px = (x_um - ox) / pixel_size, (y_um - oy) / pixel_size
-
-    # cells derive from *all* assigned transcripts with coordinates (segmentation, not gene filtering)
-    all_mol = pd.DataFrame({"x": x_px[keep], "y": y_px[keep], "cell_id": cell_of[keep].to_numpy()})
-
+    coords = np.isfinite(x_um) & np.isfinite(y_um)
+    keep = coords.copy()
+    x_px, y_px = (x_um - origin[0]) / pixel_size, (y_um - origin[1]) / pixel_size
+    n_low = 0
     if min_qv is not None:
         if "qv" not in tx.columns:
-            raise StmorphInputError("min_qv was given but the table has no qv column", file=tx_file, column="qv")
+            raise StmorphInputError("min_qv was given but the table has no qv column", file=file, column="qv")
         low = tx["qv"].to_numpy(np.float64) < float(min_qv)
-        report.info("molecules_low_qv_dropped", int((low & keep).sum()))
+        n_low = int((low & keep).sum())
         keep &= ~low
     ctrl = is_control(feature) if exclude_controls else np.zeros(len(tx), dtype=bool)
+    per: dict[str, int] = {}
+    features: set[str] = set()
     if exclude_controls:
-        per = feature[ctrl & keep].str.extract(r"^([A-Za-z]+)", expand=False).value_counts()
-        report.info("control_molecules_excluded", {str(k): int(v) for k, v in per.items()})
-        report.info("control_features_excluded", int(feature[ctrl].nunique()))
+        counts = feature[ctrl & keep].str.extract(r"^([A-Za-z]+)", expand=False).value_counts()
+        per = {str(k): int(v) for k, v in counts.items()}
+        features = {str(f) for f in feature[ctrl].dropna().unique()}
     keep &= ~ctrl
-    if not keep.any():
-        raise StmorphInputError(
-            "no transcript is left after excluding control probes / low qv", file=tx_file, column="feature_name",
-            expected="gene transcripts besides control probes",
-        )
     extra = {}
     if "overlaps_nucleus" in tx.columns:
-        extra["overlaps_nucleus"] = to_bool(tx["overlaps_nucleus"], file=tx_file, column="overlaps_nucleus")[keep]
+        extra["overlaps_nucleus"] = to_bool(tx["overlaps_nucleus"], file=file, column="overlaps_nucleus")[keep]
     if "qv" in tx.columns:
         extra["qv"] = tx["qv"].to_numpy(np.float32)[keep]
     z = tx["z_location"].to_numpy(np.float64)[keep] if "z_location" in tx.columns else None
-    mol = make_molecules(x_px[keep], y_px[keep], feature[keep].to_numpy(), cell_of[keep], z, **extra)
-    gene_names = pd.Index(sorted(mol["gene"].cat.categories.astype(str)))
-    if len(gene_names) == 0:
-        raise StmorphInputError("empty gene set", file=tx_file, column="feature_name", expected="at least one gene")
+    return _Transcripts(coords, x_px, y_px, cell_of, feature, keep, int((~coords).sum()), n_low, per, features, z,
+                        extra)
 
-    # -- cells -------------------------------------------------------------------------------------------
-    cells_file = find_file(folder, _CELLS, required=False, what="Xenium cells")
-    assigned = pd.Index(all_mol["cell_id"].dropna().unique())
-    files: dict[str, Any] = {"transcripts": str(tx_file)}
-    table_ids: pd.Index | None = None  # the cells table's ids in file order (the row order of cells.zarr.zip)
-    if cells_file is not None:
-        ctab = read_table(cells_file, columns=["cell_id", "x_centroid", "y_centroid"], dtype={"cell_id": "string"})
-        ctab.index = pd.Index(normalize_ids(decode_strings(ctab.pop("cell_id"))).astype(object))
-        table_ids = pd.Index(ctab.index)
-        ctab = ctab[ctab.index.notna() & ~ctab.index.duplicated(keep="first")]
-        cells = pd.Index(ctab.index)
-        centroids = np.column_stack(
-            [(ctab["x_centroid"].to_numpy(np.float64) - ox) / pixel_size, (ctab["y_centroid"].to_numpy(np.float64) - oy) / pixel_size]
+
+def _report_transcripts(
+    report: Report, n_rows: int, n_nan: int, n_low_qv: int, control_counts: dict[str, int], n_control_features: int,
+    n_kept: int, *, min_qv: float | None, exclude_controls: bool, file: Path,
+) -> None:
+    """The notes (and errors) about the transcripts dropped: NaN coordinates, low qv, control probes."""
+    if n_nan == n_rows:
+        raise StmorphInputError("every transcript has a NaN coordinate", file=file, column="x_location")
+    report.warn("molecules_nan_coordinates", n_nan, f"dropped {n_nan} transcripts with NaN coordinates")
+    if min_qv is not None:
+        report.info("molecules_low_qv_dropped", int(n_low_qv))
+    if exclude_controls:
+        report.info("control_molecules_excluded", dict(sorted(control_counts.items(), key=lambda kv: -kv[1])))
+        report.info("control_features_excluded", int(n_control_features))
+    if n_kept == 0:
+        raise StmorphInputError(
+            "no transcript is left after excluding control probes / low qv", file=file, column="feature_name",
+            expected="gene transcripts besides control probes",
         )
-        obs = ctab
-        unassign_unknown_cells(mol, assigned, cells, report=report, file=cells_file, column="cell_id", what="transcript")
-        files["cells"] = str(cells_file)
-    else:
-        cells = assigned
-        if len(cells) == 0:
-            raise StmorphInputError("no transcript is assigned to a cell", file=tx_file, column="cell_id", expected="cell ids")
-        centroids = centroids_from_molecules(all_mol, cells)
-        obs = None
-        report.info("cells_from", "assigned transcripts (no cells table): centroid = mean transcript position")
 
-    X = counts_from_molecules(mol["cell_id"], mol["gene"], cells, gene_names)
+
+def _cells_table(
+    cells_file: Path, origin: tuple[float, float], pixel_size: float
+) -> tuple[pd.DataFrame, pd.Index, pd.Index, np.ndarray]:
+    """The cells table: ``obs`` (centroid columns), the ids in file order, the unique cells and their centroids
+    (pixels)."""
+    ctab = read_table(cells_file, columns=["cell_id", "x_centroid", "y_centroid"], dtype={"cell_id": "string"})
+    ctab.index = pd.Index(normalize_ids(decode_strings(ctab.pop("cell_id"))).astype(object))
+    table_ids = pd.Index(ctab.index)
+    ctab = ctab[ctab.index.notna() & ~ctab.index.duplicated(keep="first")]
+    cells = pd.Index(ctab.index)
+    centroids = np.column_stack([
+        (ctab["x_centroid"].to_numpy(np.float64) - origin[0]) / pixel_size,
+        (ctab["y_centroid"].to_numpy(np.float64) - origin[1]) / pixel_size,
+    ])
+    return ctab, table_ids, cells, centroids
+
+
+def _cells_adata(
+    X: Any, cells: pd.Index, gene_names: pd.Index, centroids: np.ndarray, obs: pd.DataFrame | None, report: Report,
+    table_file: Path, folder: Path, files: dict[str, Any], *, labels: str | PathLike | None, label_column: str,
+    exclude_labels: Sequence[str], genes: Sequence[str] | None, tx_file: Path, molecules: pd.DataFrame | None,
+) -> Any:
+    """The cells' AnnData: counts, centroids, labels joined (cells dropped; with ``molecules`` their molecules
+    unassigned, in place), genes restricted."""
     adata = build_adata(X, cells, gene_names, centroids, obs)
     n_empty = int((np.asarray(X.sum(axis=1)).ravel() == 0).sum())
     report.warn("cells_without_molecules", n_empty, f"{n_empty} cells have no kept transcript (kept with zero counts)")
-    adata = drop_nan_centroids(adata, report, file=cells_file or tx_file)
-
+    adata = drop_nan_centroids(adata, report, file=table_file)
     if labels is not None:
         lab_file = find_file(folder, [str(labels)], required=True, what="labels")
         assert lab_file is not None
@@ -291,40 +401,484 @@ def read_xenium(
         id_col = str(lt.columns[0]) if lt.columns[0] != label_column else "cell_id"
         require_columns(lt, [id_col], file=lab_file)
         adata = apply_labels(adata, label_series(lt[label_column], lt[id_col]), report, file=lab_file,
-                             exclude_labels=exclude_labels, molecules=mol)
+                             exclude_labels=exclude_labels, molecules=molecules)
         files["labels"] = str(lab_file)
-    adata = restrict_genes(adata, genes, file=tx_file)
+    return restrict_genes(adata, genes, file=tx_file)
 
-    # -- stains --------------------------------------------------------------------------------------------
-    images, sources = _open_stains(folder, image, report)
-    shape: tuple[int, int] | None = None
-    if images:
-        first = images["DAPI"] if "DAPI" in images else next(iter(images.values()))
-        shape = first.shape
-        files["images"] = sources
-        check_inside_image(mol["x"].to_numpy(), mol["y"].to_numpy(), shape, report, what="molecules", file=tx_file)
 
-    # -- segmentation ----------------------------------------------------------------------------------------
-    seg, label_id, seg_info = _read_segmentation(
-        folder, segmentation, adata.obs_names, table_ids, mol, shape, float(pixel_size), (ox, oy), report
-    )
-    if seg is not None:
-        adata.obs[LABEL_ID_KEY] = np.asarray(label_id, dtype=np.int64)
-        files["segmentation"] = seg_info
+def _stain_shape(images: dict[str, StainImage]) -> tuple[int, int]:
+    first = images["DAPI"] if "DAPI" in images else next(iter(images.values()))
+    return first.shape
 
-    prov = {
+
+def _provenance(
+    folder: Path, files: dict[str, Any], ps_source: str, origin: tuple[float, float], exp: dict[str, Any],
+    exclude_controls: bool, min_qv: float | None,
+) -> dict[str, Any]:
+    return {
         "reader": "xenium",
         "path": str(folder.resolve()),
         "files": files,
         "pixel_size_source": ps_source,
-        "origin_um": [ox, oy],
+        "origin_um": [origin[0], origin[1]],
         "analysis_sw_version": str(exp["analysis_sw_version"]) if exp.get("analysis_sw_version") else None,
         "exclude_controls": bool(exclude_controls),
         "control_prefixes": list(CONTROL_PREFIXES) if exclude_controls else [],
         "min_qv": min_qv,
         "z_units": "um",
     }
-    return finish_sample(adata, mol, images, float(pixel_size), name or folder.name, prov, report, seg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# streaming conversion: a Xenium folder to a sample folder, the transcripts read batch by batch
+# ---------------------------------------------------------------------------------------------------------------
+#: Assigned molecules kept for the segmentation check of :func:`convert_xenium` (above it, every k-th one).
+_CHECK_SAMPLE = 2_000_000
+#: Assigned molecules gathered before they are added to the counts of :func:`convert_xenium`.
+_COUNT_FLUSH = 4_000_000
+
+
+def convert_xenium(
+    path: str | PathLike,
+    out: str | PathLike,
+    *,
+    overwrite: bool = False,
+    copy_images: bool = False,
+    batch_rows: int = 250_000,
+    image: str | None = "auto",
+    segmentation: str | None = "auto",
+    pixel_size: float | None = None,
+    origin: tuple[float, float] | None = None,
+    exclude_controls: bool = True,
+    min_qv: float | None = None,
+    labels: str | PathLike | None = None,
+    label_column: str = "cell_type",
+    exclude_labels: Sequence[str] = (),
+    genes: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Convert a native 10x Xenium output folder into a stmorph sample folder, streaming the transcripts.
+
+    The result is the folder ``write(read_xenium(path, ...), out)`` would write, with the same counts, cells,
+    molecules, stains, segmentation and report, but the transcripts are never loaded whole: they are read in
+    record batches of ``batch_rows`` rows (parquet; chunks of a csv), filtered (NaN coordinates, ``min_qv``,
+    control probes) and mapped to pixels batch by batch; the counts are summed per cell and gene as they come and
+    the molecules go to disk batch by batch (a first pass to a scratch file in the output folder, then
+    ``molecules.parquet`` with the final gene categories and cell ids). Memory holds a batch, the counts and
+    the cells, not the molecules.
+
+    Differences from the in-memory reader: without a cells table the centroids (mean transcript positions) are
+    summed batch by batch, equal up to floating-point rounding; above 2,000,000 assigned molecules the
+    segmentation check (``report["segmentation_check"]``) looks at every k-th of them.
+
+    Parameters
+    ----------
+    path
+        The Xenium output folder.
+    out
+        The sample folder to write (atomically: beside its place, moved there when complete).
+    overwrite
+        Replace an existing ``out``.
+    copy_images
+        Copy the stains into the sample folder instead of referencing them.
+    batch_rows
+        Transcripts per batch.
+    image, segmentation, pixel_size, origin, exclude_controls, min_qv, labels, label_column, exclude_labels, genes, name
+        As :func:`read_xenium`.
+
+    Returns
+    -------
+    pathlib.Path
+        The sample folder.
+
+    Examples
+    --------
+    >>> from stmorph.io import convert_xenium
+    >>> convert_xenium("xenium_output/", "sample.stmorph", min_qv=20)  # doctest: +SKIP
+    PosixPath('sample.stmorph')
+    """
+    return _convert_xenium(
+        path, out, overwrite=overwrite, copy_images=copy_images, batch_rows=batch_rows, image=image,
+        segmentation=segmentation, pixel_size=pixel_size, origin=origin, exclude_controls=exclude_controls,
+        min_qv=min_qv, labels=labels, label_column=label_column, exclude_labels=exclude_labels, genes=genes, name=name,
+    )[0]
+
+
+def _convert_xenium(
+    path: str | PathLike,
+    out: str | PathLike,
+    *,
+    overwrite: bool = False,
+    copy_images: bool = False,
+    batch_rows: int = 250_000,
+    image: str | None = "auto",
+    segmentation: str | None = "auto",
+    pixel_size: float | None = None,
+    origin: tuple[float, float] | None = None,
+    exclude_controls: bool = True,
+    min_qv: float | None = None,
+    labels: str | PathLike | None = None,
+    label_column: str = "cell_type",
+    exclude_labels: Sequence[str] = (),
+    genes: Sequence[str] | None = None,
+    name: str | None = None,
+) -> tuple[Path, SpatialSample]:
+    """:func:`convert_xenium`; also returns the sample without its molecules (``provenance["n_molecules"]``)."""
+    folder, tx_file, report = _open_folder(path, segmentation)
+    batches = _iter_transcripts(tx_file, max(int(batch_rows), 1))  # checks the columns before anything else
+    exp, pixel_size, ps_source = _pixel_size(folder, pixel_size, report)
+    ox, oy = (0.0, 0.0) if origin is None else (float(origin[0]), float(origin[1]))
+    cells_file = find_file(folder, _CELLS, required=False, what="Xenium cells")
+    table = _cells_table(cells_file, (ox, oy), pixel_size) if cells_file is not None else None
+    stain_report = Report("read_xenium")  # its notes join the report where read_xenium makes them
+    images, sources = _open_stains(folder, image, stain_report)
+    shape = _stain_shape(images) if images else None
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        acc = _TranscriptStream(None if table is None else table[2], shape)
+        pass1 = tmp / ".molecules_pass1.parquet"
+        try:
+            for tx in batches:
+                acc.add(_prepare_transcripts(tx, pixel_size, (ox, oy), min_qv, exclude_controls, tx_file), pass1)
+        finally:
+            acc.close()
+        _report_transcripts(report, acc.n_rows, acc.n_nan, acc.n_low_qv, acc.control_counts,
+                            len(acc.control_features), acc.n_kept, min_qv=min_qv, exclude_controls=exclude_controls,
+                            file=tx_file)
+        gene_names = pd.Index(sorted(acc.genes))
+        if len(gene_names) == 0:
+            raise StmorphInputError("empty gene set", file=tx_file, column="feature_name", expected="at least one gene")
+
+        files: dict[str, Any] = {"transcripts": str(tx_file)}
+        table_ids: pd.Index | None = None
+        if table is not None:
+            assert cells_file is not None
+            obs, table_ids, cells, centroids = table
+            acc.reconcile(cells, report, cells_file)
+            files["cells"] = str(cells_file)
+        else:
+            cells = acc.cell_index()
+            if len(cells) == 0:
+                raise StmorphInputError("no transcript is assigned to a cell", file=tx_file, column="cell_id",
+                                        expected="cell ids")
+            centroids = acc.centroids()
+            obs = None
+            report.info("cells_from", "assigned transcripts (no cells table): centroid = mean transcript position")
+        gene_lut = np.asarray(gene_names.get_indexer(acc.gene_list()), dtype=np.int64)
+        X = acc.counts(len(cells), gene_lut, len(gene_names))
+        adata = _cells_adata(X, cells, gene_names, centroids, obs, report, cells_file or tx_file, folder, files,
+                             labels=labels, label_column=label_column, exclude_labels=exclude_labels, genes=genes,
+                             tx_file=tx_file, molecules=None)
+        del X
+        # the molecules of the cells that labels dropped become unassigned (as apply_labels does in memory)
+        cell_kept = cells.isin(adata.obs_names) if labels is not None else np.ones(len(cells), dtype=bool)
+
+        report.notes.update(stain_report.notes)
+        if images:
+            assert shape is not None
+            files["images"] = sources
+            acc.check_inside(shape, report, tx_file)
+        checked = acc.check_sample(cells, cell_kept)
+        seg, label_id, seg_info = _read_segmentation(
+            folder, segmentation, adata.obs_names, table_ids, checked, acc.extent(), shape, float(pixel_size),
+            (ox, oy), report,
+        )
+        if seg is not None:
+            adata.obs[LABEL_ID_KEY] = np.asarray(label_id, dtype=np.int64)
+            files["segmentation"] = seg_info
+        prov = _provenance(folder, files, ps_source, (ox, oy), exp, exclude_controls, min_qv)
+        sample = finish_sample(adata, None, images, float(pixel_size), name or folder.name, prov, report, seg)
+        sample.provenance["n_molecules"] = int(acc.n_kept)
+
+        _write_molecules(pass1, tmp / "molecules.parquet", gene_lut, gene_names, np.asarray(cells, dtype=object),
+                         cell_kept)
+        pass1.unlink()
+        part = tmp / ".sample"
+        sample.write(part, copy_images=copy_images)
+        for p in part.iterdir():
+            os.replace(p, tmp / p.name)
+        part.rmdir()
+    return out, sample
+
+
+def _iter_transcripts(tx_file: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The columns of the transcripts that the reader uses, ``batch_rows`` rows at a time; the required columns
+    are checked when this is called (not at the first batch)."""
+    name = tx_file.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            # pre_buffer=False: with it, iter_batches keeps every range it has read until the iterator ends
+            pf = pq.ParquetFile(tx_file, pre_buffer=False)
+            present = list(pf.schema_arrow.names)
+        else:
+            present = list(pd.read_csv(tx_file, nrows=0).columns)
+    except Exception as exc:
+        raise StmorphInputError(f"cannot read the table ({type(exc).__name__}: {exc})", file=tx_file,
+                                expected="a csv/tsv/parquet table") from exc
+    require_columns(pd.DataFrame(columns=present), _TX_NEED, file=tx_file)
+    cols = [c for c in present if c in _TX_USED]
+
+    def gen() -> Iterator[pd.DataFrame]:
+        if name.endswith((".parquet", ".pq")):
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                if rb.num_rows:
+                    yield rb.to_pandas()
+        else:
+            with pd.read_csv(tx_file, chunksize=batch_rows, usecols=cols, dtype=_TX_DTYPE, low_memory=False) as r:
+                for chunk in r:
+                    if len(chunk):
+                        yield chunk
+
+    return gen()
+
+
+class _TranscriptStream:
+    """What :func:`convert_xenium` gathers from the transcript batches.
+
+    Counts per cell and gene (a sparse matrix, the batches' (cell, gene) pairs added to it every few million
+    molecules), the report's numbers,
+    the cell ids seen (without a cells table: the cells, in order of first appearance, and their coordinate
+    sums), the genes in order of first appearance, a sample of the assigned molecules for the segmentation check,
+    and the kept molecules themselves, written to a scratch parquet file (pixels, gene and cell codes).
+    """
+
+    def __init__(self, cells: pd.Index | None, shape: tuple[int, int] | None) -> None:
+        self.table_cells = cells
+        self.shape = shape
+        self.n_rows = self.n_nan = self.n_low_qv = self.n_kept = 0
+        self.control_counts: dict[str, int] = {}
+        self.control_features: set[str] = set()
+        self.genes: dict[str, int] = {}
+        self._ids: dict[str, int] = {}  # without a cells table: the cells seen
+        self._index = pd.Index([], dtype=object)
+        self._sums = np.zeros((0, 3))  # x, y, n per cell (without a cells table)
+        self.any_assigned = self.any_known = False
+        self.first_assigned: list[str] = []
+        self.unknown: set[str] = set()
+        self.n_unknown = 0
+        self._total: Any = None  # the counts so far (CSR, int32; cells x genes in order of first appearance)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (cell, gene) codes not yet added
+        self._n_pending = 0
+        self.n_out = 0
+        self.max_xy = (-np.inf, -np.inf)
+        self._check: list[dict[str, np.ndarray]] = []
+        self._check_n = 0
+        self.stride = 1
+        self._writer: Any = None
+
+    # -- one batch --------------------------------------------------------------------------------------------
+    def add(self, b: _Transcripts, pass1: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n0_kept = self.n_kept
+        self.n_rows += len(b.coords)
+        self.n_nan += b.n_nan
+        self.n_low_qv += b.n_low_qv
+        for k, v in b.control_counts.items():
+            self.control_counts[k] = self.control_counts.get(k, 0) + v
+        self.control_features |= b.control_features
+        keep = b.keep
+        self.n_kept += int(keep.sum())
+        # cells: the assigned ids of every transcript with coordinates
+        ids = b.cell_of[b.coords]
+        uniq = pd.Index(pd.unique(ids.dropna()).astype(object))
+        if len(uniq):
+            self.any_assigned = True
+            self.first_assigned.extend(uniq[: max(0, 3 - len(self.first_assigned))].tolist())
+        if self.table_cells is not None:
+            known = self.table_cells.get_indexer(uniq) >= 0
+            self.any_known |= bool(known.any())
+            self.unknown.update(uniq[~known].tolist())
+            index = self.table_cells
+        else:
+            new = uniq[~uniq.isin(self._index)] if len(self._index) else uniq
+            if len(new):
+                for i in new:
+                    self._ids[i] = len(self._ids)
+                self._index = pd.Index(list(self._ids), dtype=object)
+                grow = np.zeros((len(self._index), 3))
+                grow[: len(self._sums)] = self._sums
+                self._sums = grow
+            code_all = self._index.get_indexer(ids.astype(object).fillna("\x00__none__"))
+            ok = code_all >= 0
+            for j, v in enumerate((b.x_px[b.coords][ok], b.y_px[b.coords][ok], np.ones(int(ok.sum())))):
+                self._sums[:, j] += np.bincount(code_all[ok], weights=v, minlength=len(self._index))
+            index = self._index
+        kept_ids = b.cell_of[keep]
+        code = index.get_indexer(kept_ids.astype(object).fillna("\x00__none__")).astype(np.int32)
+        if self.table_cells is not None:
+            self.n_unknown += int((kept_ids.notna().to_numpy(bool) & (code < 0)).sum())
+        # genes, as make_molecules names them
+        feat = np.asarray(b.feature[keep].to_numpy(), dtype=object).astype(str)
+        for g in pd.unique(feat):
+            if g not in self.genes:
+                self.genes[g] = len(self.genes)
+        gcode = pd.Index(list(self.genes)).get_indexer(feat).astype(np.int32)
+        # counts
+        a = code >= 0
+        if a.any():
+            self._pending.append((code[a], gcode[a]))
+            self._n_pending += int(a.sum())
+            if self._n_pending >= _COUNT_FLUSH:
+                self._add_pending()
+        # molecules, extents, stains' grid
+        x = b.x_px[keep].astype(np.float32)
+        y = b.y_px[keep].astype(np.float32)
+        if len(x):
+            self.max_xy = (max(self.max_xy[0], float(x.max())), max(self.max_xy[1], float(y.max())))
+        if self.shape is not None:
+            h, w = self.shape
+            self.n_out += int((~((x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5))).sum())
+        cols: dict[str, Any] = {"x": x, "y": y, "gene": gcode, "cell": code}
+        if b.z is not None:
+            cols["z"] = b.z.astype(np.float32)
+        cols.update(b.extra)
+        table = pa.table(cols)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(pass1, table.schema)
+        self._writer.write_table(table)
+        # a sample of the assigned molecules (every stride-th kept molecule) for the segmentation check
+        ordinal = n0_kept + np.arange(len(x))
+        pick = a & (ordinal % self.stride == 0)
+        part = {"x": x[pick], "y": y[pick], "cell": code[pick], "ordinal": ordinal[pick]}
+        if "overlaps_nucleus" in b.extra:
+            part["overlaps_nucleus"] = b.extra["overlaps_nucleus"][pick]
+        self._check.append(part)
+        self._check_n += int(pick.sum())
+        while self._check_n > _CHECK_SAMPLE:
+            self.stride *= 2
+            self._check = [{k: v[p["ordinal"] % self.stride == 0] for k, v in p.items()} for p in self._check]
+            self._check_n = sum(len(p["x"]) for p in self._check)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _add_pending(self) -> None:
+        """Add the pending (cell, gene) codes to the counts (growing the matrix to the cells and genes seen)."""
+        import scipy.sparse as sp
+
+        n_cells = len(self.table_cells) if self.table_cells is not None else len(self._index)
+        shape = (n_cells, len(self.genes))
+        if self._total is not None and self._total.shape != shape:
+            self._total.resize(shape)
+        if self._pending:
+            rows = np.concatenate([p[0] for p in self._pending])
+            cols = np.concatenate([p[1] for p in self._pending])
+            self._pending, self._n_pending = [], 0
+            m = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=shape)
+            del rows, cols
+            self._total = m if self._total is None else self._total + m
+        elif self._total is None:
+            self._total = sp.csr_matrix(shape, dtype=np.int32)
+
+    # -- after the last batch ---------------------------------------------------------------------------------
+    def gene_list(self) -> list[str]:
+        return list(self.genes)
+
+    def cell_index(self) -> pd.Index:
+        return pd.Index(self._index)
+
+    def centroids(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.column_stack([self._sums[:, 0] / self._sums[:, 2], self._sums[:, 1] / self._sums[:, 2]])
+
+    def reconcile(self, cells: pd.Index, report: Report, cells_file: Path) -> None:
+        """As :func:`unassign_unknown_cells`: an error when no assigned id is a cell of the table, else a note on
+        the transcripts of unknown cells (their codes are already -1)."""
+        if self.any_assigned and not self.any_known:
+            raise StmorphInputError(
+                f"no transcript cell id is in the cell table (e.g. {self.first_assigned[:3]} vs {cells[:3].tolist()})",
+                file=cells_file, column="cell_id", expected="the cell ids of the transcript table",
+            )
+        if self.unknown:
+            report.warn("molecules_of_unknown_cells", self.n_unknown,
+                        f"{self.n_unknown} transcripts are assigned to {len(self.unknown)} cells absent from "
+                        f"{cells_file.name}; unassigned")
+
+    def counts(self, n_cells: int, gene_lut: np.ndarray, n_genes: int) -> Any:
+        import scipy.sparse as sp
+
+        from ._common import finalize_matrix
+
+        self._add_pending()
+        m, self._total = self._total, None
+        assert m is not None and m.shape == (n_cells, len(gene_lut))
+        # columns in the order of first appearance -> the sorted gene names
+        m = sp.csr_matrix((m.data.astype(np.float32), gene_lut[m.indices].astype(m.indices.dtype), m.indptr),
+                          shape=(n_cells, n_genes))
+        m.sort_indices()
+        return finalize_matrix(m)
+
+    def check_inside(self, shape: tuple[int, int], report: Report, file: Path) -> None:
+        """As :func:`check_inside_image` on all kept molecules."""
+        if self.n_kept == 0:
+            return
+        h, w = shape
+        if self.n_out == self.n_kept:
+            raise StmorphInputError(
+                f"all {self.n_kept} molecules lie outside the {h} x {w} image: check pixel_size / origin / the image",
+                file=file, expected=f"pixel coordinates inside 0..{w} (x) and 0..{h} (y)",
+            )
+        report.warn("molecules_outside_image", self.n_out,
+                    f"{self.n_out} of {self.n_kept} molecules lie outside the {h} x {w} image")
+
+    def check_sample(self, cells: pd.Index, cell_kept: np.ndarray) -> pd.DataFrame:
+        """The sampled assigned molecules as a molecule table (cell ids of the cells still in the sample)."""
+        parts = self._check
+        cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in ("x", "y")}
+        code = np.concatenate([p["cell"] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        ok = (code >= 0) & cell_kept[np.maximum(code, 0)] if len(cells) else np.zeros(len(code), dtype=bool)
+        ids = np.where(ok, np.asarray(cells, dtype=object)[np.maximum(code, 0)] if len(cells) else None, None)
+        frame = {"x": cat["x"], "y": cat["y"], "cell_id": pd.array(ids, dtype="string")}
+        if parts and "overlaps_nucleus" in parts[0]:
+            frame["overlaps_nucleus"] = np.concatenate([p["overlaps_nucleus"] for p in parts])
+        return pd.DataFrame(frame)
+
+    def extent(self) -> tuple[float, float]:
+        return (self.max_xy[0], self.max_xy[1]) if self.n_kept else (0.0, 0.0)
+
+
+def _write_molecules(
+    pass1: Path, dest: Path, gene_lut: np.ndarray, gene_names: pd.Index, cells: np.ndarray, cell_kept: np.ndarray
+) -> None:
+    """The scratch molecules as the sample's ``molecules.parquet``, row group by row group: the table
+    :func:`make_molecules` builds in memory (float32 pixels, categorical gene over every gene, string cell id,
+    ``z``, ``overlaps_nucleus``, ``qv``), as ``DataFrame.to_parquet`` writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cats = pd.Index(np.asarray(gene_names, dtype=object))
+    writer = None
+    pf = pq.ParquetFile(pass1)
+    try:
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i)
+            code = t.column("cell").to_numpy()
+            ok = code >= 0
+            ok[ok] = cell_kept[code[ok]]
+            ids = np.full(len(code), None, dtype=object)
+            ids[ok] = cells[code[ok]]
+            data: dict[str, Any] = {
+                "x": t.column("x").to_numpy(),
+                "y": t.column("y").to_numpy(),
+                "gene": pd.Categorical.from_codes(gene_lut[t.column("gene").to_numpy()], categories=cats),
+                "cell_id": pd.array(ids, dtype="string"),
+            }
+            for c in ("z", "overlaps_nucleus", "qv"):
+                if c in t.column_names:
+                    data[c] = t.column(c).to_numpy()
+            table = pa.Table.from_pandas(pd.DataFrame(data), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(dest, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -526,12 +1080,16 @@ def _read_segmentation(
     cells: pd.Index,
     table_ids: pd.Index | None,
     mol: pd.DataFrame,
+    extent: tuple[float, float],
     shape: tuple[int, int] | None,
     pixel_size: float,
     origin: tuple[float, float],
     report: Report,
 ) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
-    """The segmentation (LabelImage / PolygonSegmentation), each cell's label and a description of the source."""
+    """The segmentation (LabelImage / PolygonSegmentation), each cell's label and a description of the source.
+
+    ``mol`` holds the molecules checked against the segmentation (all of them, or a sample); ``extent`` is the
+    largest molecule ``(x, y)`` (the polygons' grid when there is no stain)."""
     if mode is None:
         return None, None, {}
     zfile = folder / _CELLS_ZARR
@@ -555,7 +1113,7 @@ def _read_segmentation(
             else:
                 assert bfile is not None
                 seg, label_of, info, window = _polygon_segmentation(
-                    bfile, which, cells, mol, shape, pixel_size, origin, report)
+                    bfile, which, cells, extent, shape, pixel_size, origin, report)
         except (ImportError, StmorphInputError) as exc:
             if mode != "auto":
                 raise
@@ -675,7 +1233,7 @@ def _polygon_segmentation(
     bfile: Path,
     which: str,
     cells: pd.Index,
-    mol: pd.DataFrame,
+    extent: tuple[float, float],
     shape: tuple[int, int] | None,
     pixel_size: float,
     origin: tuple[float, float],
@@ -708,8 +1266,8 @@ def _polygon_segmentation(
                                          f"{len(ordered) - n_other}"})
     verts = pd.DataFrame({"label_id": label_of.reindex(cid).to_numpy(np.int64), "part": part, "x": x, "y": y})
     if shape is None:  # no stain: a grid holding every vertex and molecule
-        mx = max(float(np.nanmax(x)), float(mol["x"].max()) if len(mol) else 0.0)
-        my = max(float(np.nanmax(y)), float(mol["y"].max()) if len(mol) else 0.0)
+        mx = max(float(np.nanmax(x)), extent[0])
+        my = max(float(np.nanmax(y)), extent[1])
         shape = (int(np.ceil(my)) + 2, int(np.ceil(mx)) + 2)
         report.info("segmentation_grid", {"shape": list(shape), "message": "no stain image: grid from the extents"})
     seg = PolygonSegmentation(verts, shape)
