@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -60,7 +59,8 @@ def make_slide(folder: Path, n_cells: int, *, base_cells: int = BASE_CELLS, seed
     counts) drawn with one shared ``design_random_state``, so ``type_k`` means the same program everywhere and no
     cell is a copy of another: the evaluation sees a slide of ``n_cells`` different cells. The first tissue fixes
     the block's size; a later tissue that does not fit into it is drawn again with the next seed (counted in the
-    sample's metadata).
+    sample's metadata). The grid and the tissues' draws are :class:`stmorph.datasets._slides.TissueGrid`, shared with
+    :func:`stmorph.datasets.write_xenium_slide` (the same slide in the Xenium layout).
 
     Parameters
     ----------
@@ -89,56 +89,41 @@ def make_slide(folder: Path, n_cells: int, *, base_cells: int = BASE_CELLS, seed
     import tifffile
 
     from stmorph import LabelImage, SpatialSample, StainImage
-    from stmorph.datasets import synthetic_tissue
-    from stmorph.errors import StmorphInputError
+    from stmorph.datasets._slides import TissueGrid
 
     folder.mkdir(parents=True, exist_ok=True)
-    first = synthetic_tissue(n_cells=base_cells, random_state=np.random.default_rng([seed, 0]),
-                             design_random_state=seed)
-    h, w = first.images["DAPI"].shape
-    copies = math.ceil(n_cells / base_cells)
-    cols = math.ceil(math.sqrt(copies))
-    rows = math.ceil(copies / cols)
-    shape = (rows * h, cols * w)
+    grid = TissueGrid(n_cells, tissue_cells=base_cells, seed=seed)  # draws the first tissue: the block's size
+    maps = {name: tifffile.memmap(folder / f"{name}.tif", shape=grid.shape, dtype=dt)
+            for name, dt in grid.channels.items()}
+    maps["segmentation"] = tifffile.memmap(folder / "segmentation.tif", shape=grid.shape, dtype=np.uint32)
     step = base_cells + 1  # label ids of block k: k * step + 1 ... k * step + base_cells
-    maps = {name: tifffile.memmap(folder / f"{name}.tif", shape=shape, dtype=img.read().dtype)
-            for name, img in first.images.items()}
-    maps["segmentation"] = tifffile.memmap(folder / "segmentation.tif", shape=shape, dtype=np.uint32)
-    parts, redrawn, draw = [], 0, 0
+    parts = []
     t0 = time.perf_counter()
-    for k in range(copies):
-        tissue = first if k == 0 else None
-        while tissue is None:
-            draw += 1
-            try:
-                tissue = synthetic_tissue(n_cells=base_cells, image_size=(h, w),
-                                          random_state=np.random.default_rng([seed, draw]), design_random_state=seed)
-            except StmorphInputError:  # the cells did not fit into the block: draw another tissue
-                redrawn += 1
-        r, c = divmod(k, cols)
-        blk = (slice(r * h, (r + 1) * h), slice(c * w, (c + 1) * w))
+    for t in grid:
+        k, tissue, n_k = t.index, t.sample, t.n_cells
+        blk = t.block
         for name, img in tissue.images.items():
             maps[name][blk] = img.read()
         seg = np.asarray(tissue.segmentation.read()).astype(np.uint32)
         maps["segmentation"][blk] = np.where(seg > 0, seg + k * step, 0)
-        n_k = min(base_cells, n_cells - k * base_cells)
         src = tissue.adata
         a = ad.AnnData(sp.csr_matrix(src.X[:n_k]), obs=src.obs.iloc[:n_k].copy(), var=src.var)
         a.obs_names = [f"{k}_{i}" for i in src.obs_names[:n_k]]
-        a.obsm["spatial"] = tissue.centroids[:n_k] + np.array([c * w, r * h], dtype=np.float64)
+        a.obsm["spatial"] = tissue.centroids[:n_k] + np.array([t.origin[1], t.origin[0]], dtype=np.float64)
         a.obs["label_id"] = a.obs["label_id"].to_numpy().astype(np.int64) + k * step
         parts.append(a)
         if k % 50 == 49:
-            print(f"  slide: {k + 1}/{copies} tissues, {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"  slide: {k + 1}/{grid.n_tissues} tissues, {time.perf_counter() - t0:.0f} s", flush=True)
+        del t, tissue
     for m in maps.values():
         m.flush()
     del maps
     adata = ad.concat(parts, merge="same")
     adata.obs["cell_type"] = pd.Categorical(adata.obs["cell_type"].astype(str))
-    meta = {"generator": "bench_scale.make_slide", "tissues": copies, "tissue_cells": base_cells,
-            "design_random_state": seed, "redrawn": redrawn}
-    sample = SpatialSample(adata, None, {n: StainImage(folder / f"{n}.tif") for n in first.images},
-                           first.pixel_size, f"scale_{n_cells}", meta, LabelImage(folder / "segmentation.tif"))
+    meta = {"generator": "bench_scale.make_slide", "tissues": grid.n_tissues, "tissue_cells": base_cells,
+            "design_random_state": seed, "redrawn": grid.redrawn}
+    sample = SpatialSample(adata, None, {n: StainImage(folder / f"{n}.tif") for n in grid.channels},
+                           grid.pixel_size, f"scale_{n_cells}", meta, LabelImage(folder / "segmentation.tif"))
     return sample.write(folder / "sample.stmorph", overwrite=True)
 
 
@@ -343,6 +328,7 @@ def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = 
             "stages": {k: round(float(v), 1) for k, v in info["time_stages_s"].items()},
             "schedule": info["schedule"], "label_max_cells": info["label_max_cells"],
             "gated": info["gated_modalities"], "n_clusters": int(len(np.unique(out["clusters"]))),
+            "final_clustering": out["final_clustering"],
             "ari_cell_type": round(float(adjusted_rand_score(labels.to_numpy(), out["clusters"])), 3),
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
