@@ -157,6 +157,25 @@ def test_margin_estimate():
     assert estimate_margin(big, max_cells=800) == pytest.approx(exact, rel=0.03)
 
 
+def test_training_margin_encodes_only_the_subsample():
+    """Above margin_max_cells the margin is estimate_margin's subsample of the latent of every cell, although only
+    the subsample's cells are encoded (no warm-up: the latent is the initial network's)."""
+    import copy
+
+    from stmorph.models.muse import MuseSchedule, encode_all, train_muse
+
+    torch.manual_seed(0)
+    net = MuseModule([6, 5], latent_dim=4, n_hidden=16)
+    before = copy.deepcopy(net)
+    xs = [torch.rand(300, 6), torch.rand(300, 5)]
+    lab = [np.arange(300) % 3, np.arange(300) % 2]
+    out = train_muse(net, xs, lab, zero_inflated=[False, False], schedule=MuseSchedule(0, 1, 0, 1, 1e-3, 64),
+                     cluster_fn=lambda h: np.zeros(len(h), int), margin_max_cells=40, random_state=7)
+    z_all, _ = encode_all(before, xs)
+    assert out["margin"] == pytest.approx(estimate_margin(z_all, max_cells=40, random_state=7), rel=1e-5)
+    assert out["margin"] != pytest.approx(estimate_margin(z_all, max_cells=40, random_state=8), rel=1e-3)
+
+
 def test_module_shapes_and_total_loss():
     torch.manual_seed(0)
     net = MuseModule([7, 9, 5], latent_dim=6, n_hidden=16)
@@ -191,6 +210,9 @@ def test_presets():
     assert big.max_batches_per_epoch == 32
     assert get_schedule("fast", n_epochs=7).for_n_cells(10_000).max_batches_per_epoch is None
     assert ref.for_n_cells(10_000) == ref
+    # pseudo-labels: the reference's phenograph resolution, finer in the fast preset (it never re-clusters)
+    assert ref.label_resolution == 1.0 and fast.label_resolution == 1.5
+    assert get_schedule("fast", label_resolution=0.8).label_resolution == 0.8
     with pytest.raises(StmorphInputError, match="preset"):
         get_schedule("slow")
 
@@ -288,11 +310,15 @@ def test_default_keeps_initial_labels_and_separates_three_modalities():
     out = muse_fit_predict([md[m].X for m in md.mod], n_jobs=1, random_state=0)
     info = out["model"].train_info
     assert info["n_label_updates"] == 0 and info["schedule"]["n_epochs"] == 0
-    for last, first in zip(info["last_labels"], info["initial_labels"]):
-        np.testing.assert_array_equal(last, first)
+    gated = [out["model"].modality_names.index(m) for m in info["gated_modalities"]]
+    together = joint_initial_labels([md[m].X for m in md.mod], resolution=info["schedule"]["label_resolution"])
+    for m, (last, first) in enumerate(zip(info["last_labels"], info["initial_labels"])):
+        np.testing.assert_array_equal(last, together if m in gated else first)
     assert {h["stage"] for h in info["history"]} == {"warmup", "triplet_init"}
-    # measured: single modalities (PCA + clustering) 0.58 / 0.45 / 0.65, MUSE 0.91
-    single = max(adjusted_rand_score(truth, lab) for lab in info["initial_labels"])
+    # measured: single modalities (PCA + clustering at resolution 1) 0.58 / 0.45 / 0.65; MUSE 0.91 with pseudo-labels
+    # at resolution 1.0, 1.0 with the default 1.5 (its first modality's 17 labels score below 0, so it trains on
+    # the joint labels)
+    single = max(adjusted_rand_score(truth, initial_labels(md[m].X, random_state=0)) for m in md.mod)
     joint = adjusted_rand_score(truth, out["clusters"])
     assert single < 0.7 and joint > 0.85 and joint > single + 0.15, (single, joint)
 
@@ -317,6 +343,7 @@ def test_tl_muse_writes_scverse_keys(tiny_mdata):
     p = md.uns["muse"]["params"]
     assert p["modalities"] == ["rna", "morph"] and p["zero_inflated"] == [True, False]
     assert md.uns["muse"]["margin"] > 0
+    assert p["resolution"] == 1.0 and p["label_resolution"] == 1.5
     fc = md.uns["muse"]["final_clustering"]  # what the final clustering did at this size
     assert fc["n_cells"] == fc["clustered_cells"] == 150 and fc["leiden_iterations"] == -1
     assert not fc["approximate_knn"] and not fc["propagated"] and set(fc["timings_s"]) == {"knn", "graph", "leiden"}
@@ -426,7 +453,7 @@ def test_silhouette_weighting_drops_a_noise_modality():
     assert info2["label_silhouettes"][0][0] < 0
     assert info2["gated_modalities"] == [gate2["model"].modality_names[0]]
     np.testing.assert_array_equal(info2["label_weights"], [[1.0, 1.0]] * 3)
-    joint = joint_initial_labels(xs, k=10, random_state=0)
+    joint = joint_initial_labels(xs, k=10, random_state=0, resolution=info2["schedule"]["label_resolution"])
     np.testing.assert_array_equal(info2["last_labels"][0], joint)
     assert adjusted_rand_score(joint, rand) < 0.05  # not the random labels
     assert base["model"].train_info["gated_modalities"] == []

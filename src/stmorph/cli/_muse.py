@@ -82,7 +82,11 @@ def register(app: typer.Typer) -> None:
             None, "--triplet-init-epochs", help="Triplet epochs with the initial labels."
         ),
         k: int = typer.Option(30, "--k", help="Neighbours of the PhenoGraph-style clustering."),
-        resolution: float = typer.Option(1.0, "--resolution", help="Leiden resolution."),
+        resolution: float = typer.Option(1.0, "--resolution", help="Leiden resolution of the final clusters."),
+        label_resolution: float | None = typer.Option(
+            None, "--label-resolution",
+            help="Leiden resolution of the pseudo-labels (default: the preset's, fast 1.5, reference 1.0).",
+        ),
         label_max_cells: int = typer.Option(
             20_000, "--label-max-cells",
             help="Cluster at most this many cells for the pseudo-labels (the rest take the nearest centroid's label; "
@@ -157,6 +161,7 @@ def register(app: typer.Typer) -> None:
             n_epochs_triplet_init=triplet_init_epochs,
             k=k,
             resolution=resolution,
+            label_resolution=label_resolution,
             label_max_cells=label_max_cells or None,
             label_weighting=label_weighting,
             random_state=random_state,

@@ -37,6 +37,7 @@ def muse(
     cluster_update_every: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
+    label_resolution: float | None = None,
     lambda_regul: float = 5.0,
     lambda_super: float = 5.0,
     k: int = 30,
@@ -80,13 +81,14 @@ def muse(
         ``"fast"`` (default: 2 warm-up + 20 triplet epochs on the initial labels, no re-clustering, lr 1e-3;
         benchmarked against the reference implementation in ``benchmarks/bench_muse_reference.py``) or
         ``"reference"`` (the paper's exact 200 + 200 + 500 epochs at lr 1e-4, with re-clustering of ``h_m``).
-    n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size
-        Overrides of single fields of the preset.
+    n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size, label_resolution
+        Overrides of single fields of the preset; ``label_resolution`` is the Leiden resolution of the
+        pseudo-labels (``"fast"``: 1.5, ``"reference"``: 1.0).
     lambda_regul, lambda_super
         Weights of the selection penalty and of the triplet losses (5 and 5).
     k, resolution, cluster_method
-        PhenoGraph-style clustering (Jaccard kNN graph + Leiden/Louvain) for the initial labels, the label
-        updates and the final clusters.
+        PhenoGraph-style clustering (Jaccard kNN graph + Leiden/Louvain): ``k`` and ``cluster_method`` for the
+        pseudo-labels and the final clusters, ``resolution`` for the final clusters.
     n_pcs
         Principal components for the initial labels.
     label_max_cells
@@ -209,6 +211,7 @@ def muse(
         cluster_update_every=cluster_update_every,
         lr=lr,
         batch_size=batch_size,
+        label_resolution=label_resolution,
         k=k,
         resolution=resolution,
         cluster_method=cluster_method,
@@ -245,6 +248,7 @@ def muse(
             "schedule": info["schedule"],
             "k": int(k),
             "resolution": float(resolution),
+            "label_resolution": float(info["schedule"]["label_resolution"]),
             "cluster_method": cluster_method,
             "n_pcs": int(n_pcs),
             "label_max_cells": 0 if label_max_cells is None else int(label_max_cells),  # 0: all cells

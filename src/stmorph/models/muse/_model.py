@@ -425,6 +425,7 @@ class MUSE(BaseModel):
         cluster_update_every: int | None = None,
         lr: float | None = None,
         batch_size: int | None = None,
+        label_resolution: float | None = None,
         k: int = 30,
         resolution: float = 1.0,
         cluster_method: Literal["leiden", "louvain"] = "leiden",
@@ -451,10 +452,12 @@ class MUSE(BaseModel):
             ``"fast"`` (default: 2 + 20 epochs at lr 1e-3, triplet loss on the initial labels, no re-clustering)
             or ``"reference"`` (the paper's 200 + 200 + 500 epochs at lr 1e-4); the epoch, learning
             rate and batch arguments override single fields.
-        n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size
-            Schedule overrides (see :class:`~stmorph.models.muse.MuseSchedule`).
+        n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size, label_resolution
+            Schedule overrides (see :class:`~stmorph.models.muse.MuseSchedule`); ``label_resolution`` is the
+            Leiden resolution of the pseudo-labels (``"fast"``: 1.5, ``"reference"``: 1.0).
         k, resolution, cluster_method
-            PhenoGraph-style clustering of the initial labels and of the re-clustering of ``h_m``.
+            PhenoGraph-style clustering: ``k`` and ``cluster_method`` for the pseudo-labels and the final clusters
+            (:meth:`cluster`), ``resolution`` for the final clusters.
         n_pcs
             Principal components for the initial labels.
         margin_max_cells
@@ -504,7 +507,9 @@ class MUSE(BaseModel):
             cluster_update_every=cluster_update_every,
             lr=lr,
             batch_size=batch_size,
+            label_resolution=label_resolution,
         )
+        label_res = float(schedule.label_resolution)
         n = arrays[0].shape[0]
         t0 = time.perf_counter()
         with _torch_threads(model_threads(n_jobs, small=n < SMALL_MUSE_CELLS)):
@@ -519,7 +524,7 @@ class MUSE(BaseModel):
                             x,
                             n_pcs=n_pcs,
                             k=k,
-                            resolution=resolution,
+                            resolution=label_res,
                             method=cluster_method,
                             random_state=self.random_state,
                             max_cells=label_max_cells,
@@ -542,7 +547,7 @@ class MUSE(BaseModel):
                 labels0,
                 zero_inflated=self.zero_inflated,
                 schedule=schedule,
-                cluster_fn=self._cluster_fn(k, resolution, cluster_method, label_max_cells),
+                cluster_fn=self._cluster_fn(k, label_res, cluster_method, label_max_cells),
                 lambda_regul=self.lambda_regul,
                 lambda_super=self.lambda_super,
                 margin_max_cells=margin_max_cells,
@@ -552,7 +557,7 @@ class MUSE(BaseModel):
                 penalty=self.selection_penalty,
                 reconstruction=self.reconstruction_loss,
                 label_weighting=self.label_weighting,
-                joint_labels=lambda: joint_initial_labels(arrays, n_pcs=n_pcs, k=k, resolution=resolution,
+                joint_labels=lambda: joint_initial_labels(arrays, n_pcs=n_pcs, k=k, resolution=label_res,
                                                           method=cluster_method, random_state=self.random_state,
                                                           max_cells=label_max_cells),
             )
