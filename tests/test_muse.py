@@ -157,6 +157,16 @@ def test_margin_estimate():
     assert estimate_margin(big, max_cells=800) == pytest.approx(exact, rel=0.03)
 
 
+def test_label_resolution_sets_the_pseudo_labels_only(tiny_mdata):
+    """label_resolution is the resolution of the initial labels (initial_labels at that resolution); the final
+    clusters keep `resolution`."""
+    xs = [tiny_mdata["rna"].X, tiny_mdata["morph"].X]
+    m = MUSE([30, 40], latent_dim=5, random_state=0).fit(xs, label_resolution=3.0, **TINY)
+    for x, lab in zip(xs, m.train_info["initial_labels"]):
+        np.testing.assert_array_equal(lab, initial_labels(x, k=10, resolution=3.0, random_state=0))
+    assert m.train_info["schedule"]["label_resolution"] == 3.0 and m.train_info["resolution"] == 1.0
+
+
 def test_training_margin_encodes_only_the_subsample():
     """Above margin_max_cells the margin is estimate_margin's subsample of the latent of every cell, although only
     the subsample's cells are encoded (no warm-up: the latent is the initial network's)."""
@@ -210,8 +220,8 @@ def test_presets():
     assert big.max_batches_per_epoch == 32
     assert get_schedule("fast", n_epochs=7).for_n_cells(10_000).max_batches_per_epoch is None
     assert ref.for_n_cells(10_000) == ref
-    # pseudo-labels: the reference's phenograph resolution, finer in the fast preset (it never re-clusters)
-    assert ref.label_resolution == 1.0 and fast.label_resolution == 1.5
+    # pseudo-labels at phenograph's resolution in both presets (finer on request)
+    assert ref.label_resolution == 1.0 and fast.label_resolution == 1.0
     assert get_schedule("fast", label_resolution=0.8).label_resolution == 0.8
     with pytest.raises(StmorphInputError, match="preset"):
         get_schedule("slow")
@@ -315,9 +325,8 @@ def test_default_keeps_initial_labels_and_separates_three_modalities():
     for m, (last, first) in enumerate(zip(info["last_labels"], info["initial_labels"])):
         np.testing.assert_array_equal(last, together if m in gated else first)
     assert {h["stage"] for h in info["history"]} == {"warmup", "triplet_init"}
-    # measured: single modalities (PCA + clustering at resolution 1) 0.58 / 0.45 / 0.65; MUSE 0.91 with pseudo-labels
-    # at resolution 1.0, 1.0 with the default 1.5 (its first modality's 17 labels score below 0, so it trains on
-    # the joint labels)
+    # measured: single modalities (PCA + clustering) 0.58 / 0.45 / 0.65, MUSE 0.91 (with label_resolution=1.5:
+    # 1.0, its first modality's 17 labels score below 0 and it trains on the joint labels)
     single = max(adjusted_rand_score(truth, initial_labels(md[m].X, random_state=0)) for m in md.mod)
     joint = adjusted_rand_score(truth, out["clusters"])
     assert single < 0.7 and joint > 0.85 and joint > single + 0.15, (single, joint)
@@ -343,7 +352,7 @@ def test_tl_muse_writes_scverse_keys(tiny_mdata):
     p = md.uns["muse"]["params"]
     assert p["modalities"] == ["rna", "morph"] and p["zero_inflated"] == [True, False]
     assert md.uns["muse"]["margin"] > 0
-    assert p["resolution"] == 1.0 and p["label_resolution"] == 1.5
+    assert p["resolution"] == 1.0 and p["label_resolution"] == 1.0
     fc = md.uns["muse"]["final_clustering"]  # what the final clustering did at this size
     assert fc["n_cells"] == fc["clustered_cells"] == 150 and fc["leiden_iterations"] == -1
     assert not fc["approximate_knn"] and not fc["propagated"] and set(fc["timings_s"]) == {"knn", "graph", "leiden"}

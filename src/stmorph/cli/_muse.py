@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         resolution: float = typer.Option(1.0, "--resolution", help="Leiden resolution of the final clusters."),
         label_resolution: float | None = typer.Option(
             None, "--label-resolution",
-            help="Leiden resolution of the pseudo-labels (default: the preset's, fast 1.5, reference 1.0).",
+            help="Leiden resolution of the pseudo-labels (default: the preset's, 1.0).",
         ),
         label_max_cells: int = typer.Option(
             20_000, "--label-max-cells",

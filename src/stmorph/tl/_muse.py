@@ -83,7 +83,7 @@ def muse(
         ``"reference"`` (the paper's exact 200 + 200 + 500 epochs at lr 1e-4, with re-clustering of ``h_m``).
     n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size, label_resolution
         Overrides of single fields of the preset; ``label_resolution`` is the Leiden resolution of the
-        pseudo-labels (``"fast"``: 1.5, ``"reference"``: 1.0).
+        pseudo-labels (1.0 in both presets; finer labels help data with many small clusters, see ``PRESETS``).
     lambda_regul, lambda_super
         Weights of the selection penalty and of the triplet losses (5 and 5).
     k, resolution, cluster_method

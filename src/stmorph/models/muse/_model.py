@@ -454,7 +454,7 @@ class MUSE(BaseModel):
             rate and batch arguments override single fields.
         n_epochs_warmup, n_epochs_triplet_init, n_epochs, cluster_update_every, lr, batch_size, label_resolution
             Schedule overrides (see :class:`~stmorph.models.muse.MuseSchedule`); ``label_resolution`` is the
-            Leiden resolution of the pseudo-labels (``"fast"``: 1.5, ``"reference"``: 1.0).
+            Leiden resolution of the pseudo-labels (1.0 in both presets; finer labels help data with many small clusters, see ``PRESETS``).
         k, resolution, cluster_method
             PhenoGraph-style clustering: ``k`` and ``cluster_method`` for the pseudo-labels and the final clusters
             (:meth:`cluster`), ``resolution`` for the final clusters.

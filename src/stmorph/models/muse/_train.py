@@ -123,18 +123,18 @@ class MuseSchedule:
 #: halves); keeping re-clustering with more steps at lower rates (4 + 16 + 40 at 3e-4, 10 + 20 + 60 at 1e-4) gave
 #: 0.65 / 0.55 on three-modality seeds 0, 2, 4. Above 2,000 cells each epoch is capped at 32 batches
 #: (:meth:`MuseSchedule.for_n_cells`).
-#: The fast preset's pseudo-labels are clustered at resolution 1.5 (the reference's at 1.0, as phenograph's
-#: default): it never re-clusters, so its initial labels are the only labels; at resolution 1.0 they merge
-#: small clusters (modularity's resolution limit: 20 true clusters of ~50 cells in 1,000 gave 5-11 labels per
-#: modality against 11-15 distinct groups in each), the triplet loss then pulls the merged groups together and
-#: the latent finds 12-16 clusters. Finer labels also score lower silhouettes, so the gate closes more often
-#: (it then trains that modality on the joint labels, at 1.5 too). Development seeds of stmorph's simulator,
-#: resolution 1.0 -> 1.5 (2.0 was worse at 20 clusters, a silhouette-tuned resolution worse everywhere):
-#: 20 clusters (seeds 0-7) 0.563 -> 0.637; demo 0.918 -> 0.919; three modalities 0.990 -> 0.990; transcript
-#: decay 0.1 0.707 -> 0.724; one homogeneous modality (seeds 0-5) 0.737 -> 0.762.
+#: Pseudo-labels at Leiden resolution 1.0 in both presets (``label_resolution``; phenograph's default). A finer
+#: 1.5 was tried for the fast preset against its 20-cluster weakness (it never re-clusters, so its initial labels
+#: are its only labels; at 1.0 they merge small clusters, modularity's resolution limit: 20 true clusters of ~50
+#: cells in 1,000 gave 5-11 labels per modality against 11-15 distinct groups in each). On development seeds of
+#: stmorph's simulator it helped (20 clusters, seeds 0-7: 0.563 -> 0.637; transcript decay 0.1: 0.707 -> 0.724;
+#: one homogeneous modality: 0.737 -> 0.762; demo and three modalities level), but on the 20 held-out
+#: reference-simulator datasets (two modalities) it fell from 0.903 to 0.839, worst dataset 0.511 (7 clusters
+#: found of 10): finer labels score lower silhouettes, the gate then closes on informative modalities. Not
+#: adopted; ``label_resolution=1.5`` is there to try on data with many small cell types.
 PRESETS: dict[str, MuseSchedule] = {
     "reference": MuseSchedule(200, 200, 500, 200, 1e-4, 64),
-    "fast": MuseSchedule(2, 20, 0, 10, 1e-3, 64, reference_n_cells=2000, label_resolution=1.5),
+    "fast": MuseSchedule(2, 20, 0, 10, 1e-3, 64, reference_n_cells=2000),
 }
 
 
