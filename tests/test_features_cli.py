@@ -42,6 +42,11 @@ def test_cli_cellprofiler(sample_dir, tmp_path):
     assert df.shape[0] == 6 and "Intensity_MeanIntensity_DAPI_otsu" in df.columns
     a = ad.read_h5ad(tmp_path / "cells.h5ad")
     np.testing.assert_allclose(a.obsm["X_cp_16"], df.to_numpy(), rtol=1e-6)
+    # --workers 0 is refused (as by `features cnn`), not silently run serially, and nothing is written
+    bad = tmp_path / "bad.csv"
+    res = CliRunner().invoke(app, ["features", "cellprofiler", str(sample_dir), "-o", str(bad), "--workers", "0"])
+    assert res.exit_code != 0 and "positive number of worker processes" in str(res.exception or res.output)
+    assert not bad.exists()
 
 
 def test_cli_cnn_with_weights_and_missing_weights(sample_dir, tmp_path):

@@ -144,6 +144,7 @@ def register(app: typer.Typer) -> None:
                 fill_nan="median" if fill_nan else None, tile_size=tile_size,
             )
             return
+        _check_workers(workers)  # --workers 0 or below is an error here too, as in `features cnn`
         sample = SpatialSample.read(sample_dir)
         cellprofiler_features(
             sample,
