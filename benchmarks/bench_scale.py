@@ -4,15 +4,38 @@ A synthetic slide of N cells is written out of core as a grid of distinct 2,000-
 design (``synthetic_tissue(design_random_state=...)``: no cell is a copy of another): the stain and label images
 are uncompressed TIFFs filled block by block through ``tifffile.memmap`` (memory stays flat at any N), the cell
 table gets each tissue's cells (ids ``<tissue>_<cell>``, centroids and label ids offset), and the sample folder
-references the images by path. Then, on a :class:`distributed.LocalCluster` of ``--workers`` processes
-(one thread each):
+references the images by path (``--layout sample``, the default).
 
-* ``read``  - the driver reads the cell table and image references (:class:`stmorph.distributed.SampleSource`);
+With ``--layout xenium`` the same slide (the same :class:`stmorph.datasets._slides.TissueGrid`: the same tissues,
+pixels and masks) is written in the native 10x Xenium layout by :func:`stmorph.datasets.write_xenium_slide`
+(``xenium_N/``: transcripts, cells and boundaries in parquet, ``cells.zarr.zip`` masks, tiled zlib OME-TIFF
+pyramids, ``cell_types.csv``), then read by :func:`stmorph.io.convert_xenium` (transcripts streamed in record
+batches; ``labels="cell_types.csv"``, the slide's ground truth, becomes ``obs["cell_type"]``) into a sample folder
+(``slide_N_xenium/sample.stmorph``) that references the OME-TIFFs and the ``masks/1`` array of ``cells.zarr.zip``.
+The steps below then run unchanged on that folder: every window a task reads decompresses zlib tiles of the
+stains and lz4-blosc chunks of the masks instead of slicing uncompressed memory maps (``tile_reads`` measures that
+cost alone). Outputs of this layout are named ``*_N_xenium``.
+
+Before the pipeline, each in its own process (so that its peak RSS is its own):
+
+* ``generate`` - the slide writer (``make_slide`` or ``write_xenium_slide``): wall and CPU seconds, peak RSS, size on
+  disk of what it wrote; skipped (``slide_reused``) when the sample folder exists from an earlier run in ``--dir``;
+* ``read`` - ``--layout xenium`` only: ``convert_xenium`` of that slide: the same figures (disk: the sample folder;
+  the stains and masks stay where they are, referenced).
+
+``--io-only`` stops there (e.g. the writer and reader at 1,000,000 cells). Then, on a
+:class:`distributed.LocalCluster` of ``--workers`` processes (one thread each):
+
+* ``read_s`` - the driver reads the cell table and image references (:class:`stmorph.distributed.SampleSource`);
+* ``tile_reads`` - the driver reads every tile's window (as the tasks do, :func:`stmorph.distributed._source.read_window`)
+  of each stain and of the mask raster once, one thread: seconds and cells per CPU-second of the reads alone (page
+  cache warm after writing: decompression, not the disk);
 * ``crops`` - :func:`stmorph.distributed.write_crops`: both stains, every cell, to the tiled zarr store;
 * ``cp``    - :func:`stmorph.distributed.cellprofiler_features`: intensity + texture (256 grey levels, scale 3;
   ``--modules all``: every module) on each cell's own mask, DAPI + membrane + Otsu-DAPI, selection and NaN filling on the whole table;
 * ``vae``   - a stain VAE (``ls2_cpu``) trained for one epoch on 2,000 cells in the driver, then
-  :func:`stmorph.distributed.vae_latents`: every cell encoded on the workers;
+  :func:`stmorph.distributed.vae_latents`: every cell encoded on the workers (per-worker rates from the tasks'
+  records; with ``xenium`` the preset's channels are DAPI and the membrane stain, ``ATP1A1_CD45_E-Cadherin``);
 * ``eval``  - :func:`stmorph.eval.evaluate_spaces` on the CP table and the VAE latent (random forest, 5 folds;
   PERMANOVA / PERMDISP, tuned Leiden and the CP + LS2 multiplex unless ``--classification-only``, with the
   large-n paths the summary's ``scaling`` entry names; above 25,000 cells each tree's bootstrap is capped at
@@ -27,8 +50,8 @@ workers), cells per CPU second per worker (free of the other jobs on a shared ma
 ``client.run``); the driver's peak RSS too. The workers are started and warmed up (imports, numba kernels) before
 the clock starts, as on a long-lived cluster; the start-up is reported apart.
 
-Run: ``python benchmarks/bench_scale.py [--cells 10000,50000] [--workers 2] [--size 64] [--tile-size 2048]
-[--dir /tmp/stmorph_scale] [--json out.json] [--keep]``.
+Run: ``python benchmarks/bench_scale.py [--cells 10000,50000] [--layout sample|xenium] [--workers 2] [--size 64]
+[--tile-size 2048] [--dir /tmp/stmorph_scale] [--json out.json] [--keep] [--io-only]``.
 """
 
 from __future__ import annotations
@@ -134,6 +157,116 @@ def _peak_rss_mb() -> float:
     return _memory()["peak_rss"] / 2**20
 
 
+LAYOUTS = ("sample", "xenium")
+
+
+def _tag(n_cells: int, layout: str = "sample") -> str:
+    """The suffix of a run's folders: ``N`` (sample layout) or ``N_xenium``."""
+    return f"{n_cells}" if layout == "sample" else f"{n_cells}_{layout}"
+
+
+def _slide_paths(root: Path, n_cells: int, layout: str = "sample") -> tuple[Path, Path | None]:
+    """The sample folder the pipeline reads and, for ``xenium``, the Xenium folder it is converted from."""
+    folder = root / f"slide_{_tag(n_cells, layout)}" / "sample.stmorph"
+    return folder, (root / f"xenium_{n_cells}" if layout == "xenium" else None)
+
+
+def _disk_mb(path: Path) -> float:
+    """Bytes of the files under ``path`` (or of the file), MiB."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
+
+
+def _timed(fn: object, *args: object, **kwargs: object) -> dict:
+    """Call ``fn``: its wall and CPU seconds and this process's peak RSS afterwards."""
+    t, c = time.perf_counter(), time.process_time()
+    fn(*args, **kwargs)  # type: ignore[operator]
+    return {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2),
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
+def _step(args: list[str]) -> dict:
+    """``bench_scale.py <args>`` in its own process (its output shows as it runs): what :func:`_timed` measured
+    there, plus the process's whole time (interpreter and imports included, ``process_s``)."""
+    fd, name = tempfile.mkstemp(suffix=".json", prefix="bench_scale_step_")
+    os.close(fd)
+    out = Path(name)
+    t = time.perf_counter()
+    try:
+        subprocess.run([sys.executable, __file__, *args, "--step-out", str(out)], check=True)
+        res = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+    res["process_s"] = round(time.perf_counter() - t, 2)
+    return res
+
+
+def write_xenium(folder: Path, n_cells: int, *, base_cells: int = BASE_CELLS, seed: int = 0) -> Path:
+    """The slide of :func:`make_slide` in the Xenium layout (:func:`stmorph.datasets.write_xenium_slide`)."""
+    from stmorph.datasets import write_xenium_slide
+
+    return write_xenium_slide(folder, n_cells, tissue_cells=base_cells, seed=seed, overwrite=True)
+
+
+def convert(xenium: Path, folder: Path, n_cells: int) -> Path:
+    """The Xenium slide as a sample folder, its ground truth in ``obs["cell_type"]``."""
+    from stmorph.io import convert_xenium
+
+    return convert_xenium(xenium, folder, labels="cell_types.csv", name=f"scale_{n_cells}_xenium", overwrite=True)
+
+
+def prepare_slide(root: Path, n_cells: int, layout: str = "sample") -> dict:
+    """Write the slide (and, for ``xenium``, convert it) unless its sample folder exists: ``generate`` / ``read``."""
+    folder, xen = _slide_paths(root, n_cells, layout)
+    res: dict = {"layout": layout}
+    if folder.exists():  # written by an earlier run in this folder (deterministic)
+        res.update(generate_s=None, slide_reused=True, generate=None, read=None)
+        return res
+    if layout == "sample":
+        gen = _step(["--generate", str(folder.parent), str(n_cells)])
+        gen["disk_mb"] = _disk_mb(folder.parent)
+        res.update(generate_s=gen["process_s"], generate=gen, read=None)
+        return res
+    assert xen is not None
+    if (xen / "experiment.xenium").exists():  # a complete slide (written atomically) from an earlier run
+        gen = None
+    else:
+        gen = _step(["--generate", str(xen), str(n_cells), "--layout", layout])
+        gen["disk_mb"] = _disk_mb(xen)
+    rd = _step(["--convert", str(xen), str(folder), str(n_cells)])
+    rd["disk_mb"] = _disk_mb(folder)
+    if (folder / "molecules.parquet").exists():
+        import pyarrow.parquet as pq
+
+        rd["n_molecules"] = int(pq.ParquetFile(folder / "molecules.parquet").metadata.num_rows)
+    res.update(generate_s=None if gen is None else gen["process_s"], generate=gen, read=rd)
+    return res
+
+
+def _tile_reads(src: object, plan: object, n_cells: int) -> dict:
+    """Every tile's window of each stain and of the mask raster, read once as the tasks read them, one thread."""
+    from stmorph._threads import thread_limits
+    from stmorph.distributed._source import read_window
+
+    specs = dict(src.channels)  # type: ignore[attr-defined]
+    seg = src.segmentation_spec  # type: ignore[attr-defined]
+    if seg is not None and seg.get("kind") != "polygons":
+        specs["segmentation"] = seg
+    out: dict = {}
+    total = 0.0
+    with thread_limits(1):
+        for name, spec in specs.items():
+            t, c = time.perf_counter(), time.process_time()
+            px = 0
+            for row in plan.itertuples():  # type: ignore[attr-defined]
+                px += read_window(spec, int(row.wr0), int(row.wr1), int(row.wc0), int(row.wc1)).size
+            cpu = time.process_time() - c
+            total += cpu
+            out[name] = {"file": Path(spec["path"]).name, "wall_s": round(time.perf_counter() - t, 2),
+                         "cpu_s": round(cpu, 2), "mpx_per_cpu_s": round(px / 1e6 / max(cpu, 1e-9), 1)}
+    return {"cpu_s": round(total, 2), "cells_per_cpu_s": round(n_cells / max(total, 1e-9), 1), "images": out}
+
+
 def _warm(size: int) -> int:
     """Import and compile what the tasks use (numba kernels of the fast engine), once per worker."""
     from stmorph.features import measure_crops
@@ -153,30 +286,27 @@ def _per_worker(run_info: dict) -> dict:
             for pid, v in run_info.get("workers", {}).items()}
 
 
-def _cp_dir(root: Path, n_cells: int, modules: tuple[str, ...]) -> Path:
-    """The CellProfiler run folder of one slide and module set (intensity + texture: ``cp_N``)."""
-    return root / (f"cp_{n_cells}" if modules == CP_MODULES else f"cp_{n_cells}_{'-'.join(modules)}")
+def _cp_dir(root: Path, n_cells: int, modules: tuple[str, ...], layout: str = "sample") -> Path:
+    """The CellProfiler run folder of one slide and module set (intensity + texture: ``cp_N``; ``cp_N_xenium``)."""
+    tag = _tag(n_cells, layout)
+    return root / (f"cp_{tag}" if modules == CP_MODULES else f"cp_{tag}_{'-'.join(modules)}")
 
 
 CP_MODULES = ("intensity", "texture")
 
 
 def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, serial_max: int = 10_000,
-          full_eval: bool = True, modules: tuple[str, ...] = CP_MODULES) -> dict:
+          full_eval: bool = True, modules: tuple[str, ...] = CP_MODULES, layout: str = "sample") -> dict:
     from distributed import Client, LocalCluster
 
     import stmorph.distributed as sd
 
     res: dict = {"n_cells": n_cells, "workers": workers, "crop_size": size, "tile_size": tile_size,
                  "modules": list(modules)}
-    t = time.perf_counter()
-    folder = root / f"slide_{n_cells}" / "sample.stmorph"
-    if folder.exists():  # a slide of this size written by an earlier run in this folder (deterministic)
-        res["generate_s"], res["slide_reused"] = None, True
-    else:
-        # in its own process, so that the driver's memory below is the pipeline's alone
-        subprocess.run([sys.executable, __file__, "--generate", str(folder.parent), str(n_cells)], check=True)
-        res["generate_s"] = round(time.perf_counter() - t, 2)
+    # in their own processes, so that the driver's memory below is the pipeline's alone
+    res.update(prepare_slide(root, n_cells, layout))
+    folder = _slide_paths(root, n_cells, layout)[0]
+    tag = _tag(n_cells, layout)
 
     t = time.perf_counter()
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -191,9 +321,13 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
         res["image_shape"] = list(src.image_shape)
         plan = sd.plan_tiles(src.centroids, tile_size, crop_size=size, image_shape=src.image_shape)
         res["n_tiles"] = int(len(plan))
+        res["segmentation"] = (None if src.segmentation_spec is None else
+                               {k: src.segmentation_spec.get(k) for k in ("kind", "component")}
+                               | {"file": Path(src.segmentation_spec["path"]).name})
+        res["tile_reads"] = _tile_reads(src, plan, n_cells)
 
         t = time.perf_counter()
-        store = sd.write_crops(folder, root / f"crops_{n_cells}", size=size, normalize="crop", tile_size=tile_size,
+        store = sd.write_crops(folder, root / f"crops_{tag}", size=size, normalize="crop", tile_size=tile_size,
                                client=client, show_progress=False)
         wall = time.perf_counter() - t
         info = store.meta["summary"]
@@ -203,7 +337,7 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            df = sd.cellprofiler_features(folder, out_dir=_cp_dir(root, n_cells, modules), size=size, masks=True,
+            df = sd.cellprofiler_features(folder, out_dir=_cp_dir(root, n_cells, modules, layout), size=size, masks=True,
                                           modules=list(modules), tile_size=tile_size, client=client,
                                           show_progress=False)
         wall = time.perf_counter() - t
@@ -242,15 +376,21 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
         from stmorph.sample import SpatialSample
 
         sample = SpatialSample.read(folder)
-        vae = CropVAE("ls2_cpu", epochs=1, crop_size=size, val_fraction=0.0)
+        # the Xenium membrane stain is named after its antibodies: the preset's (DAPI, membrane) renamed
+        stains = {} if layout == "sample" else {"channels": ("DAPI", *(c for c in src.channels if c != "DAPI"))}
+        vae = CropVAE("ls2_cpu", epochs=1, crop_size=size, val_fraction=0.0, **stains)
         vae.train(sample, cells=sample.cell_ids[: min(2000, n_cells)], device="cpu", show_progress=False)
         res["vae_train_s"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
-        z = sd.vae_latents(folder, vae, out_dir=root / f"vae_{n_cells}", tile_size=tile_size, client=client,
+        z = sd.vae_latents(folder, vae, out_dir=root / f"vae_{tag}", tile_size=tile_size, client=client,
                            show_progress=False)
         wall = time.perf_counter() - t
+        from stmorph.distributed._engine import TileRun, read_manifest
+
+        _, recs = read_manifest(root / f"vae_{tag}")  # the tasks' records: per-worker rates as for crops and cp
         res["vae"] = {"wall_s": round(wall, 2), "cells_per_s_per_worker_wall": round(n_cells / wall / workers, 1),
-                      "n_encoded": int(np.isfinite(z).all(axis=1).sum())}
+                      "n_encoded": int(np.isfinite(z).all(axis=1).sum()),
+                      "workers": _per_worker(TileRun(root / f"vae_{tag}", recs, len(recs), 0, wall).summary())}
         del sample, vae
 
         t = time.perf_counter()
@@ -286,7 +426,8 @@ def bench(n_cells: int, workers: int, size: int, tile_size: int, root: Path, ser
     return res
 
 
-def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = CP_MODULES) -> dict:
+def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = CP_MODULES,
+             layout: str = "sample") -> dict:
     """MUSE of the CellProfiler table and the VAE latent of one finished run, in this process.
 
     Reads the per-tile outputs (``cp_N/tiles/*.parquet``, raw features; ``vae_N/tiles/*.npz``), drops
@@ -300,15 +441,20 @@ def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = 
     from stmorph.models.muse import muse_fit_predict
 
     t = time.perf_counter()
-    cp = pd.concat([pd.read_parquet(f) for f in sorted((_cp_dir(root, n_cells, modules) / "tiles").glob("*.parquet"))])
-    cp = cp.sort_index()
-    x0 = cp.to_numpy(dtype=np.float32)
-    del cp
+    # tile by tile into float32, rows in the index's order (a concatenated float64 frame peaked at ~5.6 GB at 1M)
+    blocks, index = [], []
+    for f in sorted((_cp_dir(root, n_cells, modules, layout) / "tiles").glob("*.parquet")):
+        tile = pd.read_parquet(f)
+        blocks.append(tile.to_numpy(dtype=np.float32))
+        index.append(tile.index.to_numpy())
+        del tile
+    x0 = np.concatenate(blocks)[np.argsort(np.concatenate(index), kind="stable")]
+    del blocks, index
     x0 = x0[:, np.nanstd(x0, axis=0) > 0]
     med = np.nanmedian(x0, axis=0)
     bad = ~np.isfinite(x0)
     x0[bad] = np.take(med, np.nonzero(bad)[1])
-    parts = [np.load(f) for f in sorted((root / f"vae_{n_cells}" / "tiles").glob("*.npz"))]
+    parts = [np.load(f) for f in sorted((root / f"vae_{_tag(n_cells, layout)}" / "tiles").glob("*.npz"))]
     rows = np.concatenate([p["rows"] for p in parts])
     lat = np.concatenate([p["latent"] for p in parts])
     z = np.empty((n_cells, lat.shape[1]), np.float32)
@@ -316,7 +462,7 @@ def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = 
     del parts, lat
     from stmorph.sample import SpatialSample
 
-    labels = SpatialSample.read(root / f"slide_{n_cells}" / "sample.stmorph").adata.obs["cell_type"].astype(str)
+    labels = SpatialSample.read(_slide_paths(root, n_cells, layout)[0]).adata.obs["cell_type"].astype(str)
     read_s = time.perf_counter() - t
     t, c = time.perf_counter(), time.process_time()
     out = muse_fit_predict([x0, z], zero_inflated=[False, False], random_state=0, n_jobs=workers,
@@ -333,9 +479,27 @@ def muse_run(root: Path, n_cells: int, workers: int, modules: tuple[str, ...] = 
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
+def _io_line(r: dict) -> str:
+    """``generate ... s, ... MB peak, ... MB on disk; read ...`` of a result."""
+    parts = []
+    for key in ("generate", "read"):
+        m = r.get(key)
+        if m:
+            parts.append(f"{key} {m['wall_s']} s ({m['cpu_s']} CPU s), peak RSS {m['peak_rss_mb']:.0f} MB, "
+                         f"{m['disk_mb']:.0f} MB on disk")
+        elif r.get("slide_reused") or (key == "generate" and r.get("read")):
+            parts.append(f"{key} reused")
+    return "; ".join(parts) or "no slide step"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="10000,50000", help="comma-separated slide sizes")
+    p.add_argument("--layout", choices=LAYOUTS, default="sample",
+                   help="the slide as stmorph's sample folder of memory-mapped TIFFs (sample) or in the 10x Xenium "
+                        "layout, converted by convert_xenium (xenium)")
+    p.add_argument("--io-only", action="store_true",
+                   help="only write (and, for xenium, convert) the slides: no cluster, no pipeline")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size", type=int, default=64, help="crop side in pixels")
     p.add_argument("--tile-size", type=int, default=2048)
@@ -353,22 +517,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--muse-only", action="store_true",
                    help="only the MUSE step, on the finished runs in --dir")
     p.add_argument("--generate", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--convert", nargs=3, metavar=("XENIUM", "FOLDER", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--step-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--muse-run", nargs=2, metavar=("ROOT", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.generate or a.convert:  # a step in its own process (nothing else imported: its peak RSS is its own)
+        if a.generate:
+            fn = make_slide if a.layout == "sample" else write_xenium
+            m = _timed(fn, Path(a.generate[0]), int(a.generate[1]))
+        else:
+            m = _timed(convert, Path(a.convert[0]), Path(a.convert[1]), int(a.convert[2]))
+        if a.step_out:
+            Path(a.step_out).write_text(json.dumps(m))
+        return 0
     from stmorph.features._cellprofiler import ALL_MODULES
 
     modules = tuple(ALL_MODULES) if a.modules == "all" else tuple(m.strip() for m in a.modules.split(",") if m.strip())
-    if a.generate:
-        make_slide(Path(a.generate[0]), int(a.generate[1]))
-        return 0
     if a.muse_run:
-        print("MUSE " + json.dumps(muse_run(Path(a.muse_run[0]), int(a.muse_run[1]), a.workers, modules)), flush=True)
+        print("MUSE " + json.dumps(muse_run(Path(a.muse_run[0]), int(a.muse_run[1]), a.workers, modules, a.layout)),
+              flush=True)
         return 0
 
     def muse_step(n: int) -> dict:
         # its own process: the peak RSS is MUSE's (plus the arrays it reads), not the pipeline's
         p = subprocess.run([sys.executable, __file__, "--muse-run", str(root), str(n), "--workers", str(a.workers),
-                            "--modules", ",".join(modules)], check=True, capture_output=True, text=True)
+                            "--modules", ",".join(modules), "--layout", a.layout], check=True, capture_output=True,
+                           text=True)
         return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("MUSE "))[5:])
 
     root = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="stmorph_scale_"))
@@ -377,17 +551,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in [int(v) for v in a.cells.split(",") if v.strip()]:
             if a.muse_only:
-                r = {"n_cells": n, "muse": muse_step(n)}
+                r = {"n_cells": n, "layout": a.layout, "muse": muse_step(n)}
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 continue
+            if a.io_only:
+                r = {"n_cells": n, **prepare_slide(root, n, a.layout)}
+                results.append(r)
+                print(json.dumps(r, indent=1), flush=True)
+                print(f"== {n} cells, {a.layout} layout: {_io_line(r)}", flush=True)
+                continue
             r = bench(n, a.workers, a.size, a.tile_size, root, a.serial_max, full_eval=not a.classification_only,
-                      modules=modules)
+                      modules=modules, layout=a.layout)
             if a.muse:
                 r["muse"] = muse_step(n)
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
-            print(f"== {n} cells on {a.workers} workers: crops {r['crops']['wall_s']} s "
+            print(f"== {n} cells, {a.layout} layout, on {a.workers} workers: {_io_line(r)}; "
+                  f"tile reads {r['tile_reads']['cells_per_cpu_s']} cells/CPU-s; crops {r['crops']['wall_s']} s "
                   f"({r['crops']['cells_per_s_per_worker_wall']} cells/s/worker), CellProfiler {r['cp']['wall_s']} s "
                   f"({r['cp']['cells_per_s_per_worker_wall']} cells/s/worker), VAE encoding {r['vae']['wall_s']} s, "
                   f"evaluation {r['eval'].get('wall_s')} s, peak RSS per worker "
