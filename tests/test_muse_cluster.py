@@ -45,6 +45,10 @@ def test_jaccard_weights_by_hand():
     iu, ju = np.nonzero(np.triu(ref, k=1))
     assert n == 40 and edges.tolist() == np.column_stack([iu, ju]).tolist()
     np.testing.assert_allclose(w, ref[iu, ju], atol=1e-6)
+    bad = idx.copy()
+    bad[3, 0] = -1  # an unfilled neighbour slot must not read another row's list
+    with pytest.raises(StmorphInputError, match="outside"):
+        jaccard_edges(bad)
 
 
 @pytest.mark.parametrize("method", ["leiden", "louvain"])

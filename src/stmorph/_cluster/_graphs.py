@@ -229,6 +229,10 @@ def jaccard_edges(idx: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     if idx.ndim != 2:
         raise StmorphInputError(f"neighbour indices of shape {idx.shape}", expected="a 2-D (cells, k) array")
     n = idx.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        # e.g. NN-descent's -1 for an unfilled neighbour slot: the kernel would read another row's list
+        raise StmorphInputError(f"neighbour indices outside 0..{n - 1} (min {idx.min()}, max {idx.max()})",
+                                expected="indices of rows of the same table")
     srt = np.sort(idx.astype(np.int64, copy=False), axis=1)
     u, v, w, m = _kernel(np.ascontiguousarray(srt))
     del srt
