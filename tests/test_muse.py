@@ -115,11 +115,12 @@ def test_pairwise_distances_match_scipy_and_have_finite_gradients():
     assert torch.isfinite(zt.grad).all()
 
 
-def _triplet_bruteforce(labels, z, margin):
+def _triplet_bruteforce(labels, z, margin, positives=None):
     d = cdist(z, z)
+    agree = labels if positives is None else positives
     out = []
     for i in range(len(labels)):
-        pos = [d[i, j] for j in range(len(labels)) if labels[j] == labels[i] and j != i]
+        pos = [d[i, j] for j in range(len(labels)) if labels[j] == labels[i] and agree[j] == agree[i] and j != i]
         neg = [d[i, j] for j in range(len(labels)) if labels[j] != labels[i]]
         hp = max(pos) if pos else 0.0
         hn = min(neg) if neg else d[i].max()  # reference: no negative -> row maximum (+ own distance 0)
@@ -142,6 +143,44 @@ def test_batch_hard_triplet_matches_bruteforce():
     assert batch_hard_triplet_loss(torch.tensor(one), torch.tensor(z), 1.0).item() == pytest.approx(
         _triplet_bruteforce(one, z, 1.0)
     )
+
+
+def test_agreed_positives_match_bruteforce_and_stop_the_merging_pull():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(40, 3))
+    own = rng.integers(0, 3, size=(2, 40))
+    combo = own[0] * 3 + own[1]  # cells agree when both modalities' labels agree
+    got = batch_hard_triplet_losses(torch.tensor(own), torch.tensor(z), 0.7, min_agree=2)
+    for m in range(2):
+        assert got[m].item() == pytest.approx(_triplet_bruteforce(own[m], z, 0.7, combo), rel=1e-6)
+    # two groups that modality 0 merges and modality 1 separates: MUSE's modality-0 term pulls them together
+    # (its hardest positive lies in the other group); with agreed positives that pull is gone, the push stays
+    z2 = np.r_[np.zeros((5, 1)), np.ones((5, 1))]
+    lab = np.stack([np.zeros(10, int), np.repeat([0, 1], 5)])
+    plain = batch_hard_triplet_losses(torch.tensor(lab), torch.tensor(z2), 0.5)
+    agreed = batch_hard_triplet_losses(torch.tensor(lab), torch.tensor(z2), 0.5, min_agree=2)
+    # modality 0 (one label, no negatives: row maximum 1 + own 0): plain hp = 1 -> relu(1 - 1 + 0.5) = 0.5;
+    # agreed hp = 0 -> relu(0 - 1 + 0.5) = 0
+    assert plain[0].item() == pytest.approx(0.5) and agreed[0].item() == pytest.approx(0.0)
+    assert plain[1].item() == pytest.approx(agreed[1].item()) == pytest.approx(0.0)
+
+
+def test_label_agreement_keeps_apart_types_that_one_modality_merges():
+    # the simulator merges different pairs of cell types in each modality; given each modality's merged labels,
+    # MUSE's own positives pull every merged pair together (clusters lost), agreed positives recover all types
+    md = simulate_multimodal(n_clusters=12, n_cells=600, n_features=(200, 200), random_state=0)
+    xs = [np.asarray(md[m].X, np.float32) for m in md.mod]
+    truth = md.obs["true_cluster"].to_numpy()
+    merged = [md[m].obs["sim_label"].to_numpy() for m in md.mod]
+    assert all(len(np.unique(lab)) < 12 for lab in merged)
+    res = {}
+    for agree in (False, True):
+        out = muse_fit_predict(xs, merged, random_state=0, device="cpu", n_jobs=1, label_agreement=agree,
+                               show_progress=False)
+        res[agree] = (adjusted_rand_score(truth, out["clusters"]), len(np.unique(out["clusters"])))
+        assert out["model"].config()["label_agreement"] is agree
+    assert res[True][0] > 0.95 and res[True][1] == 12
+    assert res[False][0] < res[True][0] - 0.05 and res[False][1] < 12
 
 
 def test_margin_estimate():
@@ -375,7 +414,7 @@ def test_cli_muse(tmp_path, tiny_mdata):
     out = tmp_path / "out.h5mu"
     args = ["muse", str(src), "-o", str(out), "--latent-dim", "4", "--epochs", "2", "--warmup-epochs", "2",
             "--triplet-init-epochs", "2", "--k", "10", "--threads", "1", "--model-out", str(tmp_path / "m.pt"),
-            "--label-max-cells", "100", "--label-weighting", "gate"]
+            "--label-max-cells", "100", "--label-weighting", "gate", "--no-label-agreement"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     import mudata
@@ -384,6 +423,7 @@ def test_cli_muse(tmp_path, tiny_mdata):
     assert back.obsm["X_muse"].shape == (150, 4) and "muse_clusters" in back.obs
     params = back.uns["muse"]["params"]
     assert params["label_weighting"] == "gate" and int(params["label_max_cells"]) == 100
+    assert not bool(params["label_agreement"])
     assert (tmp_path / "m.pt").exists()
     res = CliRunner().invoke(app, args)  # exists, no --overwrite
     assert res.exit_code != 0

@@ -98,6 +98,11 @@ def register(app: typer.Typer) -> None:
             "silhouette <= 0 trains on the labels of all modalities clustered together; a no-op otherwise), "
             "none (the reference) or silhouette.",
         ),
+        label_agreement: bool = typer.Option(
+            True, "--label-agreement/--no-label-agreement",
+            help="Triplet positives need the same pseudo-label in at least two modalities (default; keeps apart "
+            "cell types that one modality merges); --no-label-agreement: MUSE's own positives.",
+        ),
         random_state: int = typer.Option(
             0, "--random-state", help="Random seed (weights, batches, PCA, clustering)."
         ),
@@ -164,6 +169,7 @@ def register(app: typer.Typer) -> None:
             label_resolution=label_resolution,
             label_max_cells=label_max_cells or None,
             label_weighting=label_weighting,
+            label_agreement=label_agreement,
             random_state=random_state,
             device=device,
             n_jobs=threads,

@@ -46,6 +46,7 @@ def muse(
     n_pcs: int = 100,
     label_max_cells: int | None = 20_000,
     label_weighting: Literal["none", "silhouette", "gate"] = "gate",
+    label_agreement: bool = True,
     random_state: int = 0,
     key_added: str = "X_muse",
     cluster_key: str = "muse_clusters",
@@ -102,6 +103,11 @@ def muse(
         own; the default, a no-op when every modality's labels carry structure); see
         :class:`stmorph.models.muse.MUSE`. Helps when one modality's labels are near random (heavy transcript
         dropout, a structureless modality), see benchmarks/RESULTS.md.
+    label_agreement
+        True (default): a same-label pair of modality ``m`` is a triplet positive only when another modality
+        also gives both cells the same label, so cell types that one modality merges and another separates
+        stay apart (many small cell types: 20 clusters of ~50 cells, ARI 0.56 -> 0.76 on the reference
+        simulator); False: MUSE's own positives. See :class:`stmorph.models.muse.MUSE`.
     random_state
         Seed (weights, batches, PCA, clustering).
     key_added
@@ -200,6 +206,7 @@ def muse(
         device=device,
         random_state=random_state,
         label_weighting=label_weighting,
+        label_agreement=label_agreement,
     )
     model.fit(
         xs,
@@ -253,6 +260,7 @@ def muse(
             "n_pcs": int(n_pcs),
             "label_max_cells": 0 if label_max_cells is None else int(label_max_cells),  # 0: all cells
             "label_weighting": label_weighting,
+            "label_agreement": bool(label_agreement),
             "random_state": int(random_state),
             "device": str(model.device),
             "key_added": key_added,

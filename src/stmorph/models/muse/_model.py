@@ -262,7 +262,23 @@ class MUSE(BaseModel):
         simulator: identical ARI in the demo setting (8 + 6 seeds, where no modality triggers it); with one
         homogeneous modality mean ARI 0.249 -> 0.725 on 6 seeds for the gate itself (then weight 0), and with
         the joint labels instead of weight 0: 0.685 -> 0.705 (homogeneous, 4 seeds) and 0.696 -> 0.725
-        (transcript dropout decay 0.1, 8 seeds). ``"none"`` with ``preset="reference"`` is the paper's MUSE.
+        (transcript dropout decay 0.1, 8 seeds). ``"none"`` with ``preset="reference"`` and
+        ``label_agreement=False`` is the paper's MUSE.
+    label_agreement
+        True (default): a pair of cells with the same pseudo-label in modality ``m`` is a triplet positive of
+        ``m``'s loss only when at least one other modality also gives both the same label; negatives stay per
+        modality (:func:`~stmorph.models.muse.batch_hard_triplet_losses` with ``min_agree=2``). False: MUSE's
+        own positives. Why: a modality's pseudo-labels often merge cell types that another modality separates
+        (modularity's resolution limit: 20 types of ~50 cells in 1,000 gave 5-11 labels per modality); MUSE's
+        batch-hard loss then pulls each merged group together through its hardest positive, against the other
+        modality's push, and the latent merges the types. The fast preset never re-clusters, so its initial
+        labels are all it has. Chosen on development seeds of stmorph's simulator (never the benchmark's
+        held-out reference-simulator seeds), mean ARI without -> with: 20 clusters 0.566 -> 0.753 (30 seeds,
+        worst 0.327 -> 0.626); demo 0.895 -> 0.903 (30 seeds, worst 0.731 -> 0.733; one seed 0.837 -> 0.762,
+        a type that one modality cuts arbitrarily is split); transcript dropout decay 0.1 0.709 -> 0.723 and
+        one homogeneous modality 0.702 -> 0.714 (12 seeds each); three modalities 0.986 -> 0.977 (12 seeds;
+        requiring all three modalities to agree: 0.972, worst 0.865). Held-out results: benchmarks/RESULTS.md,
+        section "MUSE against its reference implementation".
 
     Examples
     --------
@@ -295,6 +311,7 @@ class MUSE(BaseModel):
         selection_penalty: Literal["norm", "squared"] = "norm",
         reconstruction_loss: Literal["norm", "mse"] = "norm",
         label_weighting: Literal["none", "silhouette", "gate"] = "gate",
+        label_agreement: bool = True,
     ) -> None:
         n_features = [int(p) for p in n_features]
         if len(n_features) < 2:
@@ -325,6 +342,7 @@ class MUSE(BaseModel):
         self.selection_penalty = selection_penalty
         self.reconstruction_loss = reconstruction_loss
         self.label_weighting = label_weighting
+        self.label_agreement = bool(label_agreement)
         self.modality_names = (
             list(modality_names)
             if modality_names is not None
@@ -560,6 +578,7 @@ class MUSE(BaseModel):
                 joint_labels=lambda: joint_initial_labels(arrays, n_pcs=n_pcs, k=k, resolution=label_res,
                                                           method=cluster_method, random_state=self.random_state,
                                                           max_cells=label_max_cells),
+                label_agreement=self.label_agreement,
             )
         t2 = time.perf_counter()
         self.is_fitted = True
@@ -670,6 +689,7 @@ class MUSE(BaseModel):
             "selection_penalty": self.selection_penalty,
             "reconstruction_loss": self.reconstruction_loss,
             "label_weighting": self.label_weighting,
+            "label_agreement": self.label_agreement,
         }
 
     # -- persistence (BaseModel) ---------------------------------------------------------------------------
@@ -764,6 +784,7 @@ def muse_fit_predict(
     selection_penalty: Literal["norm", "squared"] = "norm",
     reconstruction_loss: Literal["norm", "mse"] = "norm",
     label_weighting: Literal["none", "silhouette", "gate"] = "gate",
+    label_agreement: bool = True,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Array API: train MUSE on one array per modality and return the latent, hidden states and clusters.
@@ -776,7 +797,7 @@ def muse_fit_predict(
         Optional initial labels per modality.
     latent_dim, zero_inflated, lambda_regul, lambda_super, device, random_state
         See :class:`MUSE`.
-    selection_penalty, reconstruction_loss, label_weighting
+    selection_penalty, reconstruction_loss, label_weighting, label_agreement
         See :class:`MUSE`.
     **fit_kwargs
         Passed to :meth:`MUSE.fit` (``preset``, epochs, ``k``, ...).
@@ -808,6 +829,7 @@ def muse_fit_predict(
         selection_penalty=selection_penalty,
         reconstruction_loss=reconstruction_loss,
         label_weighting=label_weighting,
+        label_agreement=label_agreement,
     )
     model.fit(xs, init_labels, **fit_kwargs)
     t0 = time.perf_counter()

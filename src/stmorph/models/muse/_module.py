@@ -231,17 +231,25 @@ def batch_hard_triplet_loss(labels: torch.Tensor, z: torch.Tensor, margin: float
     return batch_hard_triplet_losses(labels[None, :], z, margin)[0]
 
 
-def batch_hard_triplet_losses(labels: torch.Tensor, z: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+def batch_hard_triplet_losses(
+    labels: torch.Tensor, z: torch.Tensor, margin: float | torch.Tensor, min_agree: int | None = None
+) -> torch.Tensor:
     """Batch-hard triplet losses of one embedding for several label vectors at once (one distance matrix).
 
     Parameters
     ----------
     labels
-        ``(M, n)`` integer labels, one row per modality.
+        ``(M, n)`` integer labels, one row per modality; a pair with different labels in row ``m`` is a
+        negative of row ``m``'s loss.
     z
         ``(n, d)`` embeddings.
     margin
         Triplet margin.
+    min_agree
+        A pair with the same label in row ``m`` is a positive of row ``m``'s loss only when at least this many
+        rows (``m`` included) give it the same label; None or 1: every same-label pair (MUSE). With ``M``,
+        cells that one modality merges and another separates are no longer pulled together by the merging
+        modality's hardest positive (``label_agreement`` of :class:`stmorph.models.muse.MUSE`).
 
     Returns
     -------
@@ -252,11 +260,16 @@ def batch_hard_triplet_losses(labels: torch.Tensor, z: torch.Tensor, margin: flo
     >>> z = torch.tensor([[0.0], [1.0], [3.0]])
     >>> batch_hard_triplet_losses(torch.tensor([[0, 0, 1], [0, 1, 1]]), z, 2.0)
     tensor([0.3333, 1.6667])
+    >>> batch_hard_triplet_losses(torch.tensor([[0, 0, 1], [0, 1, 1]]), z, 2.0, min_agree=2)
+    tensor([0.0000, 0.6667])
     """
     d = pairwise_distances(z)
     same = labels[:, :, None] == labels[:, None, :]  # (M, n, n)
     eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    hardest_pos = torch.where(same & ~eye, d, 0.0).amax(dim=2)
+    pos = same & ~eye
+    if min_agree is not None and min_agree > 1:
+        pos = pos & (same.sum(dim=0) >= min_agree)
+    hardest_pos = torch.where(pos, d, 0.0).amax(dim=2)
     row_max = d.amax(dim=1, keepdim=True)
     hardest_neg = torch.where(same, d + row_max, d).amin(dim=2)
     return torch.relu(hardest_pos - hardest_neg + margin).mean(dim=1)
