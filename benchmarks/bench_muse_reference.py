@@ -7,7 +7,9 @@ What runs
   ``64939047fd155b0f3d4b99689a37e7fe513302de``), on TensorFlow-CPU 2.15 (``tf.compat.v1``) and ``phenograph``
   1.5.7, exactly as the demo notebooks call them: PCA (100 components) + ``phenograph.cluster`` initial labels of
   each modality, then ``muse_fit_predict`` with its own schedule (200 + 200 + 500 epochs, Adam 1e-4, batch 64).
-* **stmorph MUSE**: the default preset and ``preset="reference"`` (:func:`stmorph.models.muse.muse_fit_predict`).
+* **stmorph MUSE** (:func:`stmorph.models.muse.muse_fit_predict`): the default (``stmorph``), the default with
+  MUSE's own triplet positives (``stmorph-muse-positives``: ``label_agreement=False``, the default before session 8)
+  and ``preset="reference"`` with MUSE's positives (``stmorph-reference``).
 * **baselines** (:mod:`stmorph.tl._baselines`, the paper's Methods): PCA of each single modality (100 PCs);
   concatenation after standard / min-max / quantile scaling, then 100 PCs; CCA (projection of the transcripts);
   the multi-view autoencoder (MUSE's network and schedule without the triplet loss); MOFA+ (100 factors, 500
