@@ -346,8 +346,17 @@ def test_save_load_roundtrip(tmp_path, tiny_mdata):
     again = MUSE.load(tmp_path / "m.pt", device="cpu")
     np.testing.assert_allclose(model.transform(xs)[0], again.transform(xs)[0], rtol=1e-6)
     assert again.train_info["margin"] == pytest.approx(model.train_info["margin"])
+    assert again.label_agreement is True
     with pytest.raises(StmorphInputError, match="not found"):
         MUSE.load(tmp_path / "missing.pt")
+    # a model saved before label agreement existed was trained with MUSE's own positives and keeps them
+    import json
+
+    meta_path = tmp_path / "m.pt" / "muse.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["label_agreement"]
+    meta_path.write_text(json.dumps(meta))
+    assert MUSE.load(tmp_path / "m.pt", device="cpu").label_agreement is False
 
 
 def test_default_keeps_initial_labels_and_separates_three_modalities():

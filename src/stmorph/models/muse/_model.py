@@ -702,7 +702,8 @@ class MUSE(BaseModel):
 
     @classmethod
     def _from_meta(cls, meta: dict[str, Any], *, device: str | Any = "auto") -> MUSE:
-        model = cls(**meta["config"], device=device)
+        # models saved before label agreement existed were trained with MUSE's own positives
+        model = cls(**{"label_agreement": False, **meta["config"]}, device=device)
         model.registry = meta.get("registry")
         model.is_fitted = bool(meta.get("is_fitted", True))
         model.train_info = dict(meta.get("train_info") or {})
