@@ -501,8 +501,9 @@ def multiview_ae(
         MUSE schedule whose epochs, learning rate and batch size are used (all epochs reconstruct). ``"fast"``
         (default, 22 epochs) is cheap but leaves the reconstruction short of converged; ``"reference"`` is the
         paper's Methods (MUSE's 900 epochs at lr 1e-4) and the fair baseline: on 20 held-out
-        reference-simulator datasets (two modalities, 1,000 cells) see benchmarks/RESULTS.md ("AE" against
-        "AE-reference"; development check, one dataset: 0.29 fast, 0.47 reference, ~60 s on one thread).
+        reference-simulator datasets (two modalities, 1,000 cells) mean ARI 0.211 fast, 0.432 reference
+        (~60 s per run on one thread; the reference code without the triplet loss: 0.396 on the first 5),
+        benchmarks/RESULTS.md, "Baselines".
     n_epochs
         If given: train this many epochs instead of the preset's.
     lr, batch_size
