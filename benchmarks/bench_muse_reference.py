@@ -294,6 +294,14 @@ def _timed(fn) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t, time.process_time() - c
 
 
+#: stmorph's methods: name -> (preset, extra MUSE arguments); ``--muse-kw`` overrides the extra arguments.
+STMORPH_VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "stmorph": (None, {}),  # the default
+    "stmorph-muse-positives": (None, {"label_agreement": False}),  # the default before label agreement (session 8)
+    "stmorph-reference": ("reference", {"label_agreement": False}),  # the paper's schedule and triplet positives
+}
+
+
 def run_stmorph(xs: list[np.ndarray], seed: int, preset: str | None, **kw: Any) -> dict[str, Any]:
     from stmorph.models.muse import muse_fit_predict
 
@@ -454,14 +462,9 @@ def run_jobs(jobs: list[dict[str, Any]], methods: list[str], args: argparse.Name
                              "training_s": r["training_s"], "main_epochs": args.ref_main_epochs,
                              "init_label_ari": [_ari(truth, lab) for lab in r.get("init_labels", [])]}
                     wall, cpu = r["wall_s"], r["cpu_s"]
-                elif method == "stmorph":
-                    r = run_stmorph(xs, job["seed"], None, **args.muse_kw)
-                    labels, wall, cpu, extra = r["labels"], r["wall_s"], r["cpu_s"], {"schedule": r["schedule"]}
-                elif method == "stmorph-muse-positives":  # the default before label agreement (session 8)
-                    r = run_stmorph(xs, job["seed"], None, **{"label_agreement": False, **args.muse_kw})
-                    labels, wall, cpu, extra = r["labels"], r["wall_s"], r["cpu_s"], {"schedule": r["schedule"]}
-                elif method == "stmorph-reference":  # the paper's schedule and triplet positives
-                    r = run_stmorph(xs, job["seed"], "reference", **{"label_agreement": False, **args.muse_kw})
+                elif method in STMORPH_VARIANTS:
+                    preset, kw = STMORPH_VARIANTS[method]
+                    r = run_stmorph(xs, job["seed"], preset, **{**kw, **args.muse_kw})
                     labels, wall, cpu, extra = r["labels"], r["wall_s"], r["cpu_s"], {"schedule": r["schedule"]}
                 else:
                     r = run_baseline(method, xs, job["seed"])
@@ -488,7 +491,7 @@ def _by(rows, **filt) -> dict[str, dict[int, dict[str, Any]]]:
     return out
 
 
-METHOD_ORDER = ["reference", "reference-AE", "stmorph", "stmorph-muse-positives", "stmorph-reference", "PCA mod0", "PCA mod1", "PCA mod2",
+METHOD_ORDER = ["reference", "reference-AE", *STMORPH_VARIANTS, "PCA mod0", "PCA mod1", "PCA mod2",
                 "concat+PCA standard", "concat+PCA minmax", "concat+PCA quantile", "CCA", "AE", "AE-reference", "MOFA+"]
 
 
