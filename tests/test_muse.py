@@ -518,6 +518,8 @@ def test_silhouette_weighting_drops_a_noise_modality():
     np.testing.assert_array_equal(base["model"].train_info["label_weights"], np.ones((3, 2)))
     with pytest.raises(StmorphInputError):
         MUSE([3, 3], label_weighting="bogus")
+    with pytest.raises(StmorphInputError, match="label_agreement"):
+        MUSE([3, 3], label_agreement="false")
 
 
 def test_joint_initial_labels_combine_the_modalities():

@@ -344,6 +344,8 @@ class MUSE(BaseModel):
         self.selection_penalty = selection_penalty
         self.reconstruction_loss = reconstruction_loss
         self.label_weighting = label_weighting
+        if not isinstance(label_agreement, bool | np.bool_):  # a string "false" would otherwise turn it on
+            raise StmorphInputError(f"label_agreement={label_agreement!r}", expected="True or False")
         self.label_agreement = bool(label_agreement)
         self.modality_names = (
             list(modality_names)
